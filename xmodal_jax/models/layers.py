@@ -1,0 +1,128 @@
+"""Building blocks shared by every body: dense layers, layer norm, multi-head self-attention.
+
+Parameter names follow one convention across the package (``kernel``/``bias`` for dense layers,
+``scale``/``bias`` for norms) so that key-mapping tables and sharding rules stay short.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+# HF initialises every dense layer with N(0, 0.02); our random init does the same so that a
+# from-scratch body is comparable with the pretrained one.
+_DENSE_INIT = nnx.initializers.normal(0.02)
+
+
+def dense(d_in: int, d_out: int, rngs: nnx.Rngs, *, use_bias: bool = True) -> nnx.Linear:
+    """A Linear layer with the HF-style N(0, 0.02) kernel init and zero bias."""
+    return nnx.Linear(d_in, d_out, use_bias=use_bias, kernel_init=_DENSE_INIT, rngs=rngs)
+
+
+def layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm over the last axis with the two-pass variance (parity with PyTorch)."""
+    # The fast E[x^2]-E[x]^2 variance loses ~1e-5 on large activations; parity needs two passes.
+    return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, rngs=rngs)
+
+
+def activation(name: str):
+    """Maps a HF ``hidden_act`` string to a JAX function (exact GELU for "gelu")."""
+    table = {
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "relu": jax.nn.relu,
+        "silu": jax.nn.silu,
+        "swish": jax.nn.silu,
+    }
+    if name not in table:
+        raise ValueError(f"hidden_act={name!r} is not supported; expected one of {sorted(table)}")
+    return table[name]
+
+
+def mask_to_bias(attention_mask: Array | None, dtype=jnp.float32) -> Array | None:
+    """Turns a ``[B, L]`` 1/0 key mask into an additive ``[B, 1, 1, L]`` attention bias."""
+    if attention_mask is None:
+        return None
+    big_neg = jnp.finfo(dtype).min
+    return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, big_neg).astype(dtype)
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention with separate q/k/v/out projections (the BERT/ViT/Swin layout).
+
+    ``bias`` is added to the attention logits; it broadcasts against ``[B, H, Lq, Lk]`` and carries
+    padding masks, relative position biases and shifted-window masks alike.
+    """
+
+    def __init__(self, dim: int, num_heads: int, rngs: nnx.Rngs, *, qkv_bias: bool = True):
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.query = dense(dim, dim, rngs, use_bias=qkv_bias)
+        self.key = dense(dim, dim, rngs, use_bias=qkv_bias)
+        self.value = dense(dim, dim, rngs, use_bias=qkv_bias)
+        self.out = dense(dim, dim, rngs)
+
+    def __call__(self, x: Array, bias: Array | None = None) -> Array:
+        *batch, length, dim = x.shape
+
+        def heads(t: Array) -> Array:
+            return t.reshape(*batch, length, self.num_heads, self.head_dim).swapaxes(-2, -3)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        logits = jnp.einsum("...qd,...kd->...qk", q, k) / math.sqrt(self.head_dim)
+        if bias is not None:
+            logits = logits + bias
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+        ctx = jnp.einsum("...qk,...kd->...qd", probs, v)
+        ctx = ctx.swapaxes(-2, -3).reshape(*batch, length, dim)
+        return self.out(ctx)
+
+
+class MLP(nnx.Module):
+    """The transformer feed-forward block: dense → activation → dense."""
+
+    def __init__(self, dim: int, hidden: int, act: str, rngs: nnx.Rngs):
+        self.fc1 = dense(dim, hidden, rngs)
+        self.fc2 = dense(hidden, dim, rngs)
+        self.act_name = act
+
+    def __call__(self, x: Array) -> Array:
+        return self.fc2(activation(self.act_name)(self.fc1(x)))
+
+
+def adaptive_avg_pool_1d(x: Array, out_size: int, axis: int = -1) -> Array:
+    """PyTorch ``AdaptiveAvgPool1d`` along ``axis``: bin i averages [⌊i·n/m⌋, ⌈(i+1)·n/m⌉).
+
+    The same rule up- and down-samples, so it also handles ``out_size > n``. Implemented as a
+    matmul with a static averaging matrix, so it is cheap, jittable and differentiable.
+    """
+    n = x.shape[axis]
+    weights = _adaptive_pool_matrix(n, out_size)
+    x = jnp.moveaxis(x, axis, -1)
+    y = jnp.einsum("...n,nm->...m", x, jnp.asarray(weights, x.dtype))
+    return jnp.moveaxis(y, -1, axis)
+
+
+def adaptive_avg_pool_2d(x: Array, out_hw: tuple[int, int], axes: tuple[int, int] = (-2, -1)):
+    """PyTorch ``AdaptiveAvgPool2d`` over the two ``axes`` (separable, so two 1D pools)."""
+    x = adaptive_avg_pool_1d(x, out_hw[0], axis=axes[0])
+    return adaptive_avg_pool_1d(x, out_hw[1], axis=axes[1])
+
+
+def _adaptive_pool_matrix(n: int, m: int):
+    import numpy as np
+
+    w = np.zeros((n, m), np.float64)
+    for i in range(m):
+        start = (i * n) // m
+        end = -((-(i + 1) * n) // m)
+        w[start:end, i] = 1.0 / (end - start)
+    return w.astype(np.float32)
