@@ -1,0 +1,1 @@
+"""Models: pretrained bodies (text, vision), target embedders, heads and their composition."""

@@ -123,7 +123,7 @@ def build(arch: Architecture, config: Any, seed: int = 0) -> nnx.Module:
 def split(model: nnx.Module) -> tuple[nnx.GraphDef, dict]:
     """The pure-functional boundary: (static graph, params as a plain nested dict of arrays)."""
     graphdef, state = nnx.split(model)
-    return graphdef, state.to_pure_dict()
+    return graphdef, nnx.to_pure_dict(state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +140,8 @@ class Pretrained:
     model_type: str
     modality: str
     config: Any
-    graphdef: nnx.GraphDef
-    params: dict
+    graphdef: nnx.GraphDef = dataclasses.field(repr=False)
+    params: dict = dataclasses.field(repr=False)
 
     def apply(self, params: dict, **inputs: Array) -> Array:
         """Runs the body with ``params`` on HF-named inputs; returns ``[B, L, D]``."""

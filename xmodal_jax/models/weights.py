@@ -142,7 +142,7 @@ def map_weights(
             unexpected.append(f"{hf_key} → {ours} (no such parameter in our model)")
             continue
         tpath = targets[ours]
-        if tpath in filled:
+        if tpath in origin:
             errors.append(f"{hf_key} → {ours} is also filled from {origin[tpath]}")
             continue
         try:
@@ -152,11 +152,12 @@ def map_weights(
             continue
         want = tuple(shapes[tpath].shape)
         if tuple(arr.shape) != want:
+            origin[tpath] = hf_key  # reported as mis-shaped, not again as missing
             misshaped.append(f"{hf_key} → {ours}: got {tuple(arr.shape)}, expected {want}")
             continue
         filled[tpath] = np.asarray(arr, dtype=dtype)
         origin[tpath] = hf_key
-    missing = sorted(k for k, p in targets.items() if p not in filled)
+    missing = sorted(k for k, p in targets.items() if p not in origin)
     if missing or unexpected or misshaped or errors:
         files = sorted({os.path.basename(p) for _, p in hf.values()})
         lines = [f"cannot load weights from {', '.join(files)}:"]

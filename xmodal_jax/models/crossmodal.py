@@ -1,0 +1,204 @@
+"""CrossModalModel: target embedder + pretrained body + task head, with named parameter groups.
+
+The params pytree of a built model is ``{"embedder", "body", "head", "source_embedder"}``:
+``embedder`` is new (initialised from the body's input layer), ``body`` is the pretrained
+transformer stack, ``head`` is the task head and ``source_embedder`` is the body's own input layer,
+kept separate so that the source modality can be embedded (and is never trained by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+from flax import nnx
+
+from xmodal_jax.models import embedders, heads
+from xmodal_jax.models.pretrained import Pretrained, split
+
+Array = jax.Array
+
+OUTPUT_KINDS = ("classification", "multilabel", "regression", "dense")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """What the model must map: per-example input shape → output kind and size.
+
+    ``input_shape`` is ``(C, L)`` for 1D signals or ``(C, H, W)`` for 2D fields/images (channels
+    first, as the tasks store them). ``output`` is one of :data:`OUTPUT_KINDS`; ``num_outputs`` is
+    the number of classes / labels / regression targets, or the output channels for ``dense``,
+    whose spatial size equals the input's unless ``output_hw`` says otherwise (2D only).
+    """
+
+    input_shape: tuple[int, ...]
+    output: str
+    num_outputs: int
+    target_seq_len: int = 512
+    output_hw: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if len(self.input_shape) not in (2, 3) or any(d < 1 for d in self.input_shape):
+            raise ValueError(
+                f"TaskSpec.input_shape must be (C, L) or (C, H, W) of positive ints, got "
+                f"{self.input_shape}"
+            )
+        if self.output not in OUTPUT_KINDS:
+            raise ValueError(f"TaskSpec.output={self.output!r}; expected one of {OUTPUT_KINDS}")
+        if self.num_outputs < 1:
+            raise ValueError(f"TaskSpec.num_outputs must be ≥ 1, got {self.num_outputs}")
+
+    @property
+    def is_1d(self) -> bool:
+        """Whether inputs are ``[C, L]`` signals."""
+        return len(self.input_shape) == 2
+
+
+class CrossModalModel(nnx.Module):
+    """Composes ``embedder → body → head``; ``source_embedder`` embeds source-modality inputs.
+
+    ``body_kwargs`` are static extra arguments of the body (Swin's token grid).
+    """
+
+    def __init__(
+        self,
+        embedder: nnx.Module,
+        body: nnx.Module,
+        head: nnx.Module,
+        source_embedder: nnx.Module,
+        body_kwargs: dict[str, Any] | None = None,
+    ):
+        self.embedder = embedder
+        self.body = body
+        self.head = head
+        self.source_embedder = source_embedder
+        self.body_kwargs = tuple(sorted((body_kwargs or {}).items()))
+
+    def embed(self, x: Array) -> Array:
+        """Target inputs → target tokens ``[B, N, D]``."""
+        return self.embedder(x)
+
+    def encode(self, tokens: Array, attention_mask: Array | None = None) -> Array:
+        """Any tokens ``[B, N, D]`` → body output tokens (``attention_mask``: text bodies only)."""
+        kwargs = dict(self.body_kwargs)
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        return self.body(tokens, **kwargs)
+
+    def features(self, x: Array) -> Array:
+        """Target inputs → body output tokens."""
+        return self.encode(self.embed(x))
+
+    def __call__(self, x: Array) -> Array:
+        """Target inputs → task outputs (logits, regression values or dense fields)."""
+        return self.head(self.features(x))
+
+    def source_features(self, attention_mask: Array | None = None, **inputs: Array) -> Array:
+        """Source inputs (HF names) → body output tokens through the frozen source embedder."""
+        return self.encode(self.source_embedder(**inputs), attention_mask)
+
+
+def _swin_output_grid(depths: tuple[int, ...], grid: tuple[int, int]) -> tuple[int, int]:
+    h, w = grid
+    for _ in range(len(depths) - 1):
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return h, w
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def build_crossmodal(
+    task: TaskSpec,
+    pretrained: Pretrained,
+    *,
+    body_params: dict | None = None,
+    init_embedder_from_body: bool = True,
+    seed: int = 0,
+) -> tuple[nnx.GraphDef, dict]:
+    """Builds a :class:`CrossModalModel` for ``task`` and returns ``(graphdef, params)``.
+
+    ``body_params`` defaults to the pretrained params (pass ``pretrained.random_params()`` for the
+    from-scratch baseline). 1D tasks need a text body, 2D tasks a vision body.
+    """
+    rngs = nnx.Rngs(seed)
+    full = pretrained.module(body_params)
+    cfg = pretrained.config
+    kind = pretrained.model_type
+    c_in = task.input_shape[0]
+    body_kwargs: dict[str, Any] = {}
+    skip = 0
+    if task.is_1d:
+        if pretrained.modality != "text":
+            raise ValueError(
+                f"1D task input {task.input_shape} needs a text body; {pretrained.path} is "
+                f"{kind!r}. Use a BERT/RoBERTa folder or reshape the task to 2D."
+            )
+        embedder = embedders.Embed1D(
+            c_in,
+            task.input_shape[1],
+            cfg.hidden_size,
+            target_seq_len=task.target_seq_len,
+            max_positions=cfg.max_position_embeddings,
+            position_offset=cfg.position_offset,
+            eps=cfg.layer_norm_eps,
+            rngs=rngs,
+        )
+    else:
+        if pretrained.modality != "vision":
+            raise ValueError(
+                f"2D task input {task.input_shape} needs a vision body; {pretrained.path} is "
+                f"{kind!r}. Use a ViT/Swin folder or flatten the task to 1D (C, H·W)."
+            )
+        is_swin = kind == "swin"
+        embedder = embedders.Embed2D(
+            c_in,
+            full.token_dim,
+            image_size=_pair(cfg.image_size),
+            patch_size=cfg.patch_size,
+            norm=is_swin,
+            cls_and_positions=not is_swin,
+            eps=cfg.layer_norm_eps,
+            rngs=rngs,
+        )
+        if is_swin:
+            body_kwargs["grid_hw"] = embedder.grid
+        else:
+            skip = 1
+    if init_embedder_from_body:
+        embedders.init_from_body(embedder, full.embeddings)
+
+    if task.output == "dense":
+        if task.is_1d:
+            head = heads.Dense1DHead(task.num_outputs, embedder.stride)
+        else:
+            grid = (
+                _swin_output_grid(tuple(cfg.depths), embedder.grid)
+                if kind == "swin"
+                else embedder.grid
+            )
+            head = heads.Dense2DHead(
+                full.output_dim,
+                grid=grid,
+                image_size=embedder.image_size,
+                out_channels=task.num_outputs,
+                out_hw=task.output_hw or tuple(task.input_shape[1:]),
+                skip_tokens=skip,
+                rngs=rngs,
+            )
+    else:
+        head = heads.PooledHead(full.output_dim, task.num_outputs, skip_tokens=skip, rngs=rngs)
+
+    model = CrossModalModel(embedder, full.encoder, head, full.embeddings, body_kwargs)
+    return split(model)
+
+
+def apply(graphdef: nnx.GraphDef, params: dict, *args: Any, method: str = "__call__", **kw: Any):
+    """Pure forward: merges ``params`` into ``graphdef`` and calls ``method`` (jit/grad-safe).
+
+    ``apply(g, p, x)`` gives task outputs; ``method="features"`` the body tokens;
+    ``method="source_features", input_ids=...`` the source path.
+    """
+    return getattr(nnx.merge(graphdef, params), method)(*args, **kw)

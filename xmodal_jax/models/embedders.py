@@ -1,0 +1,201 @@
+"""ORCA target embedders: raw target inputs → token sequences the pretrained body accepts.
+
+``Embed1D`` patchifies ``[B, C, L]`` signals with a strided Conv1d; ``Embed2D`` resizes
+``[B, C, H, W]`` images to the body's resolution and patchifies them. Both are initialised from the
+body's own input layer (positions, LayerNorm, patch projection) by :func:`init_from_body`.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from xmodal_jax.models import layers
+
+Array = jax.Array
+
+
+def conv1d_stride(length: int, target_seq_len: int) -> int:
+    """ORCA's stride rule: the smallest divisor ``s`` of ``length`` with ``length / s <= tsl``.
+
+    A prime ``length > target_seq_len`` would collapse to a single token, which is never what a
+    user wants, so it is an error naming both numbers.
+    """
+    if length < 1 or target_seq_len < 1:
+        raise ValueError(f"length ({length}) and target_seq_len ({target_seq_len}) must be ≥ 1")
+    for s in range(1, length + 1):
+        if length % s == 0 and length // s <= target_seq_len:
+            if s == length and length > target_seq_len:
+                raise ValueError(
+                    f"input length L={length} has no divisor s < L with L/s ≤ target_seq_len="
+                    f"{target_seq_len}; the only choice would make a single token. Pad or crop L, "
+                    "or raise target_seq_len."
+                )
+            return s
+    raise AssertionError("unreachable: s = length always satisfies the rule")
+
+
+class Embed1D(nnx.Module):
+    """Conv1d(C→D, kernel = stride = s) → LayerNorm → + learned positions.
+
+    Input ``[B, C, L]`` (channels first, as the tasks store it); output ``[B, L/s, D]``. The
+    position parameter holds the ``T`` rows the body would use for token ids
+    ``offset .. offset+T-1`` (RoBERTa: 2…T+1), copied from the body by :func:`init_from_body`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        length: int,
+        dim: int,
+        *,
+        target_seq_len: int,
+        max_positions: int,
+        position_offset: int = 0,
+        eps: float = 1e-12,
+        rngs: nnx.Rngs,
+    ):
+        self.in_channels, self.length = in_channels, length
+        self.stride = conv1d_stride(length, target_seq_len)
+        self.num_tokens = length // self.stride
+        self.position_offset = position_offset
+        if self.num_tokens + position_offset > max_positions:
+            raise ValueError(
+                f"Embed1D makes {self.num_tokens} tokens (L={length}, stride {self.stride}) but the "
+                f"body's position table has {max_positions} rows (offset {position_offset})"
+            )
+        # Xavier-uniform with gain √2, zero bias: the reference's conv init.
+        self.conv = nnx.Conv(
+            in_channels,
+            dim,
+            kernel_size=(self.stride,),
+            strides=(self.stride,),
+            padding="VALID",
+            kernel_init=nnx.initializers.variance_scaling(2.0, "fan_avg", "uniform"),
+            rngs=rngs,
+        )
+        self.norm = layers.layer_norm(dim, eps, rngs)
+        self.position = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (self.num_tokens, dim)))
+
+    def __call__(self, x: Array) -> Array:
+        chex.assert_shape(x, (None, self.in_channels, self.length))
+        tokens = self.conv(jnp.swapaxes(x, 1, 2))
+        return self.norm(tokens) + self.position[...]
+
+
+def resize_bilinear(x: Array, hw: tuple[int, int]) -> Array:
+    """PyTorch ``F.interpolate(mode="bilinear", align_corners=False)`` on ``[B, C, H, W]``.
+
+    No antialiasing, like PyTorch's default, so a trained reference embedder sees the same pixels.
+    """
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    return jax.image.resize(x, (*x.shape[:-2], *hw), method="linear", antialias=False)
+
+
+class Embed2D(nnx.Module):
+    """Bilinear resize → Conv(C→D, kernel = stride = patch) → [LayerNorm] [+ cls + positions].
+
+    Input ``[B, C, H, W]``; output ``[B, N, D]`` with row-major patches. ``norm=True`` is Swin's
+    patch embedding; ``cls_and_positions=True`` is ViT's (class token prepended, learned positions).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        dim: int,
+        *,
+        image_size: tuple[int, int],
+        patch_size: int,
+        norm: bool,
+        cls_and_positions: bool,
+        eps: float = 1e-5,
+        rngs: nnx.Rngs,
+    ):
+        self.in_channels = in_channels
+        self.image_size = tuple(image_size)
+        self.patch_size = patch_size
+        if self.image_size[0] % patch_size or self.image_size[1] % patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch {patch_size}")
+        self.grid = (self.image_size[0] // patch_size, self.image_size[1] // patch_size)
+        self.patch = nnx.Conv(
+            in_channels,
+            dim,
+            kernel_size=(patch_size, patch_size),
+            strides=(patch_size, patch_size),
+            padding="VALID",
+            rngs=rngs,
+        )
+        self.norm = layers.layer_norm(dim, eps, rngs) if norm else None
+        if cls_and_positions:
+            init = nnx.initializers.normal(0.02)
+            self.cls_token = nnx.Param(init(rngs.params(), (1, 1, dim)))
+            n = self.grid[0] * self.grid[1] + 1
+            self.position = nnx.Param(init(rngs.params(), (1, n, dim)))
+        else:
+            self.cls_token = self.position = None
+
+    def __call__(self, x: Array) -> Array:
+        chex.assert_rank(x, 4)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"Embed2D expects {self.in_channels} channels, got shape {x.shape}")
+        x = resize_bilinear(x, self.image_size)
+        tokens = self.patch(jnp.transpose(x, (0, 2, 3, 1)))
+        tokens = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])
+        if self.norm is not None:
+            tokens = self.norm(tokens)
+        if self.cls_token is not None:
+            cls = jnp.broadcast_to(self.cls_token[...], (tokens.shape[0], 1, tokens.shape[-1]))
+            tokens = jnp.concatenate([cls, tokens], axis=1) + self.position[...]
+        return tokens
+
+
+def tile_patch_kernel(kernel: np.ndarray, in_channels: int) -> np.ndarray:
+    """ORCA's channel rule: target input channel ``c`` takes pretrained channel ``c mod C``.
+
+    ``kernel`` is ``[..., C_pretrained, D]``; no rescaling, exactly as the reference.
+    """
+    idx = np.arange(in_channels) % kernel.shape[-2]
+    return np.asarray(kernel)[..., idx, :]
+
+
+def init_from_body(embedder: nnx.Module, body_embeddings: nnx.Module) -> None:
+    """Copies the body's input-layer weights into a fresh target embedder, in place.
+
+    ``Embed1D`` ← the body's position rows ``offset..offset+T-1`` and embedding LayerNorm (the conv
+    keeps its Xavier init). ``Embed2D`` ← the patch projection tiled over input channels, its bias,
+    and the LayerNorm (Swin) or class token and positions (ViT). Runs once at model build time.
+    """
+    if isinstance(embedder, Embed1D):
+        table = body_embeddings.position.embedding[...]
+        start = embedder.position_offset
+        embedder.position[...] = table[start : start + embedder.num_tokens]
+        embedder.norm.scale[...] = body_embeddings.norm.scale[...]
+        embedder.norm.bias[...] = body_embeddings.norm.bias[...]
+    elif isinstance(embedder, Embed2D):
+        src = body_embeddings.patch
+        if src.kernel.shape[:2] != embedder.patch.kernel.shape[:2]:
+            raise ValueError(
+                f"body patch kernel {src.kernel.shape} and embedder patch kernel "
+                f"{embedder.patch.kernel.shape} differ in patch size"
+            )
+        embedder.patch.kernel[...] = jnp.asarray(
+            tile_patch_kernel(np.asarray(src.kernel[...]), embedder.in_channels)
+        )
+        embedder.patch.bias[...] = src.bias[...]
+        if embedder.norm is not None:
+            embedder.norm.scale[...] = body_embeddings.norm.scale[...]
+            embedder.norm.bias[...] = body_embeddings.norm.bias[...]
+        if embedder.cls_token is not None:
+            embedder.cls_token[...] = body_embeddings.cls_token[...]
+            if body_embeddings.position.shape != embedder.position.shape:
+                raise ValueError(
+                    f"body positions {body_embeddings.position.shape} do not match the embedder's "
+                    f"{embedder.position.shape}"
+                )
+            embedder.position[...] = body_embeddings.position[...]
+    else:
+        raise TypeError(f"cannot initialise {type(embedder).__name__} from a body")
