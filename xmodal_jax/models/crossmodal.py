@@ -160,7 +160,8 @@ def build_crossmodal(
             patch_size=cfg.patch_size,
             norm=is_swin,
             cls_and_positions=not is_swin,
-            eps=cfg.layer_norm_eps,
+            # Same epsilon as the patch norm it is copied from (HF Swin: PyTorch's 1e-5).
+            eps=full.embeddings.norm.epsilon if is_swin else cfg.layer_norm_eps,
             rngs=rngs,
         )
         if is_swin:
