@@ -1,10 +1,20 @@
-"""Shared fixtures: the shipped MiniLM (loaded once) and tiny random HF folders."""
+"""Shared fixtures: the shipped MiniLM (loaded once) and tiny random HF folders.
+
+The suite runs with 8 fake CPU devices (set before JAX is imported) so that sharded code paths
+are exercised everywhere; single-device runs use ``config.mesh.num_devices = 1``.
+"""
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from xmodal_jax.models.pretrained import load_pretrained
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+
+import pytest  # noqa: E402
+
+from xmodal_jax.models.pretrained import load_pretrained  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +38,48 @@ def tiny_hf(tmp_path_factory):
         return str(path)
 
     return save
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_path(tmp_path_factory, minilm):
+    """A tiny random BERT (hidden 32, 2 layers) with MiniLM's tokenizer: fast trainer tests."""
+    import shutil
+
+    import torch
+    import transformers
+
+    cfg = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_bert")
+    transformers.BertModel(cfg).save_pretrained(path, safe_serialization=True)
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(os.path.join(minilm.path, name), path / name)
+    return str(path)
+
+
+@pytest.fixture
+def tiny_config(tiny_bert_path):
+    """Factory: ``tiny_config("steps=20,align=otdd", **{"mesh.data": 4})`` → unlocked config."""
+
+    def make(arg: str | None = None, **overrides):
+        from configs import tiny
+
+        c = tiny.get_config(arg)
+        c.unlock()
+        c.body.path = tiny_bert_path
+        for key, value in overrides.items():
+            node = c
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        return c
+
+    return make

@@ -1,72 +1,56 @@
-"""Frozen-feature cross-modal demo: MiniLM text body on handwritten digits (a 1D signal here).
+"""``xmodal-demo [--workdir DIR]``: the embedded default main job.
 
-Runs until the trainer lands (issue "Training system"): builds a CrossModalModel for the
-scikit-learn digits (each 8×8 image read row by row as a 1-channel signal of length 64), embeds
-every image with the ORCA 1D embedder, passes the tokens through the *pretrained* MiniLM body and
-through the same body with *random* weights, and fits a logistic-regression probe on each set of
-mean-pooled features. The gap between the two test accuracies is what the pretrained body brings.
+Runs ``configs/demo.py`` (the shipped MiniLM-L6 text body → scikit-learn handwritten digits,
+ORCA recipe: OTDD embedder alignment, then full fine-tuning) twice through the one training loop:
+once from the pretrained body and once from the same architecture with random weights, then
+prints both test errors. Each run's best checkpoint can be restored with
+``xmodal-eval --workdir DIR/pretrained``.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
+import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "base directory of the two runs")
+_ARGS = flags.DEFINE_string("args", "", "extra configs/demo.py args, e.g. 'epochs=3,seed=1'")
 
 
-def _features(graphdef, params, x: np.ndarray, batch: int) -> np.ndarray:
-    from xmodal_jax.models.crossmodal import apply
-    from xmodal_jax.models.heads import masked_mean
+def _main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from absl import logging
 
-    fn = jax.jit(lambda p, xb: masked_mean(apply(graphdef, p, xb, method="features"), None))
-    pad = (-len(x)) % batch  # static shapes: pad the last batch, drop the padding afterwards
-    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-    out = [np.asarray(fn(params, jnp.asarray(xp[i : i + batch]))) for i in range(0, len(xp), batch)]
-    return np.concatenate(out)[: len(x)]
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Runs the demo and prints pretrained-body vs random-body probe accuracy."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--body", default=None, help="local HF folder (default: shipped MiniLM)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=128)
-    args = parser.parse_args(argv)
-
-    from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
-    from sklearn.preprocessing import StandardScaler
-
-    import xmodal_jax as xm
+    logging.set_verbosity(logging.WARNING)
+    from configs import demo
+    from xmodal_jax import train_lib
 
     t0 = time.time()
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32).reshape(-1, 1, 64)
-    y = digits.target
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=0.3, stratify=y, random_state=args.seed
-    )
-    pre = xm.load_pretrained(args.body)
-    print(f"body: {pre.model_type} from {pre.path}")
-    task = xm.TaskSpec((1, 64), "classification", 10, target_seq_len=64)
     results = {}
-    for name, body in (("pretrained", None), ("random", pre.random_params(args.seed))):
-        graphdef, params = xm.build_crossmodal(task, pre, body_params=body, seed=args.seed)
-        f_tr = _features(graphdef, params, x_tr, args.batch)
-        f_te = _features(graphdef, params, x_te, args.batch)
-        scaler = StandardScaler().fit(f_tr)
-        probe = LogisticRegression(max_iter=2000).fit(scaler.transform(f_tr), y_tr)
-        results[name] = probe.score(scaler.transform(f_te), y_te)
-        print(f"{name:>10} body: linear-probe test accuracy {results[name]:.4f}")
+    for body in ("pretrained", "random"):
+        arg = ",".join(filter(None, [f"body={body}", _ARGS.value]))
+        print(f"\n=== {body} body: configs/demo.py:{arg} ===", flush=True)
+        results[body] = train_lib.train(demo.get_config(arg), os.path.join(_WORKDIR.value, body))
+    print("\n=== digits (8×8 images as 8-channel signals), MiniLM-L6 body, ORCA recipe ===")
+    print(f"{'body':>10} | {'val error % (best)':>18} | {'test error % (at best val)':>26} | time")
+    for body, r in results.items():
+        print(f"{body:>10} | {r['val_best']:18.2f} | {r['test_best']:26.2f} | {r['wall_s']:.0f}s")
+    gain = results["random"]["test_best"] - results["pretrained"]["test_best"]
     print(
-        f"digits ({len(x_tr)} train / {len(x_te)} test), frozen features, "
-        f"pretrained − random = {results['pretrained'] - results['random']:+.4f} "
-        f"({time.time() - t0:.1f}s)"
+        f"pretrained body lowers test error by {gain:+.2f} points ({time.time() - t0:.0f}s total)"
     )
+    with open(os.path.join(_WORKDIR.value, "summary.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    sys.stdout.flush()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app.run(_main)
 
 
 if __name__ == "__main__":

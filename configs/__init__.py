@@ -1,0 +1,1 @@
+"""Run configurations: ``get_config(arg)`` files (big_vision style)."""

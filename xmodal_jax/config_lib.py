@@ -1,0 +1,180 @@
+"""The run configuration: defaults for every key, and validation before anything compiles.
+
+Config files (``configs/*.py``) start from :func:`base_config` and change values; the CLI applies
+``--config.a.b=v`` overrides on the locked ConfigDict (so a misspelt key fails there), and
+:func:`validate` then checks every key, type and cross-field constraint, naming the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "linear", "cosine")
+ACCUM_REDUCE = ("sum", "mean")
+GROUPS = ("embedder", "body", "head", "source_embedder")
+
+
+def stage_defaults() -> dict[str, Any]:
+    """Every key a stage may set, with its default (types are checked against these)."""
+    return dict(
+        kind="task",  # key of xmodal_jax.methods.STAGE_KINDS
+        trainable=("embedder", "body", "head"),
+        epochs=1.0,  # length in epochs of the stage's main dataset; `steps` > 0 overrides it
+        steps=0,
+        optimizer="adam",
+        lr=1e-4,
+        weight_decay=0.0,
+        momentum=0.9,  # sgd only
+        nesterov=False,
+        schedule="linear",  # decay after warm-up: constant | linear (to 0) | cosine (to 0)
+        warmup_steps=0,
+        clip=0.0,  # global-norm clip of the (accumulated) gradient; 0 = off
+        accum=1,  # gradient accumulation: micro-batches per update
+        accum_reduce="mean",  # how micro-batch gradients combine (the ORCA reference sums)
+        objective="task",  # align stages: task | otdd | mmd
+        otdd_epsilon=0.1,
+        pseudo_label_k=10,
+        evaluate=True,
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All top-level keys with defaults. Config files copy this and set what they need."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.body = ml_collections.ConfigDict(dict(path="", init="pretrained"))  # "" = shipped MiniLM
+    c.task = ml_collections.ConfigDict(dict(name="synthetic", target_seq_len=64))
+    c.data = ml_collections.ConfigDict(
+        dict(batch_size=32, eval_batch_size=256, val_size=0.1, prefetch=2)
+    )
+    c.source = ml_collections.ConfigDict(
+        dict(kind="none", num_classes=4, max_examples=1024, seq_len=8)
+    )
+    c.stages = ml_collections.ConfigDict()
+    c.stage_order = ""
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, num_devices=0))  # 0 = all devices
+    # (regex on "group/…/leaf" path, tactic): first match wins; unmatched → replicate.
+    c.sharding_rules = ((r"body/.*kernel", "fsdp"), (r".*embedding", "fsdp"))
+    c.log_every = 10
+    c.eval_every = 0  # steps between validation evals; 0 = once per epoch
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, keep=2))  # 0 = per eval
+    c.pos_weight = 1.0  # for the bce loss
+    # Stop (after a checkpoint) once this process has run this many steps; 0 = run to the end.
+    # For time-sliced jobs: the next launch resumes from the checkpoint.
+    c.stop_after = 0
+    return c
+
+
+def add_stage(config: ml_collections.ConfigDict, name: str, **values: Any) -> None:
+    """Adds ``config.stages.<name>`` with every stage key (defaults overridden by ``values``)."""
+    fields = stage_defaults()
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"stages.{name}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+    fields.update(values)
+    config.stages[name] = ml_collections.ConfigDict(fields)
+
+
+def stage_names(config: ml_collections.ConfigDict) -> list[str]:
+    """The stage names of ``config.stage_order`` (comma-separated), in order."""
+    return [s.strip() for s in str(config.stage_order).split(",") if s.strip()]
+
+
+def _check_types(node: Any, ref: Any, path: str, errors: list[str], free: bool = False) -> None:
+    for key in node.keys():
+        where = f"{path}{key}"
+        if key not in ref:
+            if not free:
+                errors.append(f"{where}: unknown key (allowed: {sorted(ref.keys())})")
+            continue
+        value, want = node[key], ref[key]
+        if isinstance(want, ml_collections.ConfigDict | dict):
+            if not isinstance(value, ml_collections.ConfigDict | dict):
+                errors.append(f"{where}: expected a section, got {type(value).__name__}")
+            else:
+                if where != "stages":  # stages are checked one by one against stage_defaults()
+                    _check_types(value, want, where + ".", errors, free=(where == "task"))
+        elif isinstance(want, bool):
+            if not isinstance(value, bool):
+                errors.append(f"{where}: expected bool, got {value!r}")
+        elif isinstance(want, float):
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                errors.append(f"{where}: expected a number, got {value!r}")
+        elif isinstance(want, int):
+            if not isinstance(value, int) or isinstance(value, bool):
+                errors.append(f"{where}: expected int, got {value!r}")
+        elif isinstance(want, str):
+            if not isinstance(value, str):
+                errors.append(f"{where}: expected str, got {value!r}")
+        elif isinstance(want, tuple | list) and not isinstance(value, tuple | list):
+            errors.append(f"{where}: expected a sequence, got {value!r}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Checks keys, types and constraints; raises one ValueError listing every problem."""
+    from xmodal_jax import methods
+
+    errors: list[str] = []
+    ref = base_config()
+    _check_types(config, ref, "", errors)
+    names = stage_names(config)
+    if not names:
+        errors.append("stage_order: empty; name at least one stage of config.stages")
+    for name in names:
+        if name not in config.stages:
+            errors.append(f"stage_order: stage {name!r} not in config.stages {list(config.stages)}")
+    defaults = stage_defaults()
+    for name, st in config.stages.items():
+        where = f"stages.{name}."
+        _check_types(st, defaults, where, errors)
+        get = st.get
+        if get("kind") not in methods.STAGE_KINDS:
+            errors.append(f"{where}kind: {get('kind')!r} not in {sorted(methods.STAGE_KINDS)}")
+        if get("optimizer") not in OPTIMIZERS:
+            errors.append(f"{where}optimizer: {get('optimizer')!r} not in {OPTIMIZERS}")
+        if get("schedule") not in SCHEDULES:
+            errors.append(f"{where}schedule: {get('schedule')!r} not in {SCHEDULES}")
+        if get("accum_reduce") not in ACCUM_REDUCE:
+            errors.append(f"{where}accum_reduce: {get('accum_reduce')!r} not in {ACCUM_REDUCE}")
+        bad = sorted(set(get("trainable", ())) - set(GROUPS))
+        if bad or not get("trainable"):
+            errors.append(
+                f"{where}trainable: {list(get('trainable', ()))} must be a non-empty "
+                f"subset of {GROUPS}"
+            )
+        if not (isinstance(get("lr"), int | float) and get("lr") > 0):
+            errors.append(f"{where}lr: must be > 0, got {get('lr')!r}")
+        if get("steps", 0) <= 0 and not get("epochs", 0) > 0:
+            errors.append(f"{where}epochs/steps: one of them must be > 0")
+        if not (isinstance(get("accum"), int) and get("accum") >= 1):
+            errors.append(f"{where}accum: must be an int ≥ 1, got {get('accum')!r}")
+    if config.body.init not in ("pretrained", "random"):
+        errors.append(f"body.init: {config.body.init!r} not in ('pretrained', 'random')")
+    if config.source.kind not in ("none", "text"):
+        errors.append(f"source.kind: {config.source.kind!r} not in ('none', 'text')")
+    for key in ("batch_size", "eval_batch_size"):
+        if not (isinstance(config.data.get(key), int) and config.data.get(key) > 0):
+            errors.append(f"data.{key}: must be a positive int, got {config.data.get(key)!r}")
+    if num_devices and not errors:
+        for key in ("batch_size", "eval_batch_size"):
+            if config.data[key] % num_devices:
+                errors.append(
+                    f"data.{key}={config.data[key]} is not divisible by the {num_devices} devices"
+                )
+        for name in names:
+            acc = config.stages[name].accum
+            if config.data.batch_size % (acc * num_devices):
+                errors.append(
+                    f"stages.{name}.accum={acc}: data.batch_size={config.data.batch_size} must be "
+                    f"divisible by accum × devices = {acc * num_devices}"
+                )
+    if not 0 <= float(config.data.val_size) < 1 and not float(config.data.val_size).is_integer():
+        errors.append(f"data.val_size: a fraction in [0, 1) or a count, got {config.data.val_size}")
+    for i, rule in enumerate(config.sharding_rules):
+        if len(rule) != 2 or rule[1] not in ("replicate", "fsdp"):
+            errors.append(f"sharding_rules[{i}]: expected (regex, 'replicate'|'fsdp'), got {rule}")
+    if errors:
+        raise ValueError("invalid config:\n  " + "\n  ".join(errors))

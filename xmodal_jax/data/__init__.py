@@ -1,0 +1,1 @@
+"""Data: task registry, readers, source proxies and the Grain input pipeline."""

@@ -1,0 +1,144 @@
+"""Host-side input pipeline: Grain datasets of static-shape batches, sharded by process.
+
+Batch ``i`` of a run is a pure function of ``(seed, i)``: the epoch's permutation comes from
+``(seed, epoch)`` and each process reads only its contiguous slice of the global batch. So a
+1-process and an N-process run see the same global batches, and the iterator state that goes into
+a checkpoint is Grain's ``{"next_index": i}``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Mapping
+
+import grain
+import numpy as np
+
+from xmodal_jax import parallel
+
+Arrays = Mapping[str, np.ndarray]
+VALID = "_valid"  # key of the 0/1 row mask in padded (evaluation) batches
+
+
+def _check(arrays: Arrays) -> int:
+    sizes = {k: len(v) for k, v in arrays.items()}
+    if not sizes or len(set(sizes.values())) != 1:
+        raise ValueError(f"arrays must share one non-empty leading dim, got sizes {sizes}")
+    return next(iter(sizes.values()))
+
+
+class _TrainBatches:
+    """Random-access source: global step ``i`` → this process's rows of that global batch."""
+
+    def __init__(self, arrays: Arrays, global_batch: int, seed: int, shuffle: bool):
+        self.arrays, self.global_batch, self.seed, self.shuffle = (
+            arrays,
+            global_batch,
+            seed,
+            shuffle,
+        )
+        self.n = _check(arrays)
+        if global_batch > self.n:
+            raise ValueError(f"batch size {global_batch} exceeds the {self.n} training examples")
+        self.per_epoch = self.n // global_batch  # drop the remainder: static shapes
+        self.rows = parallel.process_slice(global_batch)
+
+    def __len__(self) -> int:
+        return 2**62  # endless; the trainer decides how many steps to take
+
+    @functools.lru_cache(maxsize=2)  # noqa: B019 - one source per run; caches the epoch order
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        epoch, j = divmod(int(i), self.per_epoch)
+        idx = self._order(epoch)[j * self.global_batch : (j + 1) * self.global_batch][self.rows]
+        return {k: v[idx] for k, v in self.arrays.items()}
+
+
+def train_iterator(
+    arrays: Arrays,
+    global_batch: int,
+    *,
+    seed: int,
+    shuffle: bool = True,
+    prefetch: int = 2,
+    state: dict | None = None,
+) -> grain.DatasetIterator:
+    """An endless Grain iterator of this process's share of each global batch.
+
+    Epochs are reshuffled with ``(seed, epoch)``, the last incomplete batch of each epoch is
+    dropped, and ``prefetch`` batches are prepared in background threads. ``state`` (from
+    ``iterator.get_state()``) resumes exactly where a checkpoint left off.
+    """
+    source = _TrainBatches(arrays, global_batch, seed, shuffle)
+    ds = grain.MapDataset.source(source).to_iter_dataset(
+        grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
+    )
+    it = iter(ds)
+    if state is not None:
+        it.set_state(state)
+    return it
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+    """Number of (full) training batches per epoch."""
+    return max(num_examples // global_batch, 1)
+
+
+def eval_batches(arrays: Arrays, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """This process's share of each padded evaluation batch, in order, with a ``_valid`` mask.
+
+    The last batch is padded with copies of row 0 (mask 0) so every batch has the same shape and
+    the evaluation step compiles once.
+    """
+    n = _check(arrays)
+    rows = parallel.process_slice(global_batch)
+    num = -(-n // global_batch)
+
+    def get(i: int) -> dict[str, np.ndarray]:
+        idx = np.arange(i * global_batch, (i + 1) * global_batch)
+        valid = idx < n
+        idx = np.where(valid, idx, 0)[rows]
+        out = {k: v[idx] for k, v in arrays.items()}
+        out[VALID] = valid[rows].astype(np.float32)
+        return out
+
+    yield from grain.MapDataset.range(num).map(get)
+
+
+def carve_validation(
+    arrays: Arrays, n_val: int, *, seed: int, stratify: str | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Splits ``n_val`` examples off the training arrays (disjoint), optionally class-stratified.
+
+    Used wherever a task has no official validation split: model selection must never see test.
+    """
+    n = _check(arrays)
+    if not 0 < n_val < n:
+        raise ValueError(f"validation size {n_val} must be in (0, {n}) for {n} training examples")
+    rng = np.random.default_rng(seed)
+    if stratify is None:
+        perm = rng.permutation(n)
+        val_idx = perm[:n_val]
+    else:
+        labels = np.asarray(arrays[stratify])
+        classes, counts = np.unique(labels, return_counts=True)
+        # Largest-remainder allocation keeps the total exactly n_val.
+        quota = counts * n_val / n
+        take = np.floor(quota).astype(int)
+        for i in np.argsort(-(quota - take))[: n_val - take.sum()]:
+            take[i] += 1
+        val_idx = np.concatenate(
+            [
+                rng.permutation(np.flatnonzero(labels == c))[:t]
+                for c, t in zip(classes, take, strict=True)
+            ]
+        )
+    mask = np.zeros(n, bool)
+    mask[val_idx] = True
+    train = {k: v[~mask] for k, v in arrays.items()}
+    val = {k: v[mask] for k, v in arrays.items()}
+    return train, val

@@ -1,0 +1,127 @@
+"""Task registry: task name → input/output spec, loss, metric and a loader of its splits.
+
+A task factory takes the run's ``config.task`` (a ConfigDict) and returns a :class:`Task`. Adding
+a task is one factory registered with :func:`register`. Loaders return numpy arrays per split:
+``{"train": {"x", "y"}, "test": {...}}`` and optionally ``"val"``; without one, the trainer carves
+validation from train (never from test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from xmodal_jax.models.crossmodal import TaskSpec
+
+Splits = dict[str, dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Everything the trainer needs to know about a task."""
+
+    name: str
+    spec: TaskSpec
+    loss: str  # key of xmodal_jax.losses.LOSSES
+    metric: str  # key of xmodal_jax.metrics.METRICS (lower is better)
+    load: Callable[[], Splits]
+    classes: bool = True  # integer class labels (else alignment uses k-means pseudo-labels)
+
+
+_REGISTRY: dict[str, Callable[[Any], Task]] = {}
+
+
+def register(name: str) -> Callable[[Callable[[Any], Task]], Callable[[Any], Task]]:
+    """Decorator adding a task factory under ``name``."""
+
+    def deco(fn: Callable[[Any], Task]) -> Callable[[Any], Task]:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def get(task_cfg: Any) -> Task:
+    """Builds the task named ``task_cfg.name`` from its config."""
+    name = task_cfg.name
+    if name not in _REGISTRY:
+        raise ValueError(f"config.task.name={name!r} unknown; registered: {sorted(_REGISTRY)}")
+    return _REGISTRY[name](task_cfg)
+
+
+def names() -> list[str]:
+    """All registered task names."""
+    return sorted(_REGISTRY)
+
+
+@register("digits")
+def digits(cfg: Any) -> Task:
+    """scikit-learn's bundled 8×8 handwritten digits (1797 images, 10 classes), offline.
+
+    ``cfg.layout``: ``"1x64"`` reads each image row by row as a 1-channel signal of length 64;
+    ``"8x8"`` as 8 channels (rows) of length 8. ``cfg.test_fraction`` of the images (stratified,
+    ``cfg.split_seed``) is the test split; ``cfg.train_limit`` (> 0) keeps only that many training
+    images (the few-label regime where pretrained bodies matter most).
+    """
+    layout = cfg.get("layout", "1x64")
+    shapes = {"1x64": (1, 64), "8x8": (8, 8)}
+    if layout not in shapes:
+        raise ValueError(f"config.task.layout={layout!r}; expected one of {sorted(shapes)}")
+
+    def load() -> Splits:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        data = load_digits()
+        x = (data.data / 16.0).astype(np.float32).reshape(-1, *shapes[layout])
+        y = data.target.astype(np.int32)
+        seed = int(cfg.get("split_seed", 0))
+        x_tr, x_te, y_tr, y_te = train_test_split(
+            x, y, test_size=float(cfg.get("test_fraction", 0.3)), stratify=y, random_state=seed
+        )
+        limit = int(cfg.get("train_limit", 0))
+        if limit:
+            if limit > len(x_tr):
+                raise ValueError(f"config.task.train_limit={limit} > {len(x_tr)} training images")
+            x_tr, _, y_tr, _ = train_test_split(
+                x_tr, y_tr, train_size=limit, stratify=y_tr, random_state=seed
+            )
+        return {"train": {"x": x_tr, "y": y_tr}, "test": {"x": x_te, "y": y_te}}
+
+    spec = TaskSpec(shapes[layout], "classification", 10, target_seq_len=int(cfg.target_seq_len))
+    return Task("digits", spec, loss="ce", metric="error", load=load)
+
+
+@register("synthetic")
+def synthetic(cfg: Any) -> Task:
+    """A small generated 1D classification task (for tests and smoke runs).
+
+    Class ``c`` is a sine of frequency ``c + 1`` with random phase plus noise, over ``cfg.channels``
+    channels of ``cfg.length`` samples; ``cfg.num_train`` / ``cfg.num_test`` examples.
+    """
+    channels, length = int(cfg.get("channels", 1)), int(cfg.get("length", 32))
+    num_classes = int(cfg.get("num_classes", 3))
+
+    def make(n: int, seed: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, num_classes, n).astype(np.int32)
+        t = np.linspace(0, 2 * np.pi, length, dtype=np.float32)
+        phase = rng.uniform(0, 2 * np.pi, (n, channels, 1)).astype(np.float32)
+        x = np.sin((y[:, None, None] + 1) * t + phase)
+        x = x + 0.3 * rng.standard_normal(x.shape).astype(np.float32)
+        return {"x": x.astype(np.float32), "y": y}
+
+    def load() -> Splits:
+        seed = int(cfg.get("split_seed", 0))
+        return {
+            "train": make(int(cfg.get("num_train", 64)), seed),
+            "test": make(int(cfg.get("num_test", 32)), seed + 1),
+        }
+
+    spec = TaskSpec(
+        (channels, length), "classification", num_classes, target_seq_len=int(cfg.target_seq_len)
+    )
+    return Task("synthetic", spec, loss="ce", metric="error", load=load)

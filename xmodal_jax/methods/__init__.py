@@ -1,0 +1,9 @@
+"""Methods: each contributes stage kinds that the one training loop (train_lib) runs."""
+
+from xmodal_jax.methods import finetune
+
+# Stage kind (config.stages.<name>.kind) → builder(name, stage_cfg, ctx) → Stage.
+STAGE_KINDS = {
+    "task": finetune.task_stage,
+    "align": finetune.align_stage,
+}

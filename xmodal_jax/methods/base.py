@@ -1,0 +1,59 @@
+"""What a method contributes to the trainer: a :class:`Stage` (loss or grad function + its data).
+
+``train_lib`` owns the loop, optimizers, sharding and checkpoints; a method only says what one
+step computes, which parameter groups it trains and which arrays its batches are drawn from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from xmodal_jax.data.tasks import Task
+from xmodal_jax.models.pretrained import Pretrained
+
+Params = dict[str, Any]
+Batch = dict[str, jax.Array]
+LossFn = Callable[[Params, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+GradFn = Callable[[Params, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array], Params]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """Read-only facts a stage builder may use."""
+
+    graphdef: nnx.GraphDef
+    task: Task
+    pretrained: Pretrained
+    splits: Mapping[str, Mapping[str, np.ndarray]]  # "train" / "val" / "test" arrays
+    source: Mapping[str, np.ndarray] | None  # labelled source-modality examples, if any
+    source_features: np.ndarray | None  # their frozen-embedder features [N, D]
+    config: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One phase of a run.
+
+    ``loss_fn(params, batch, rng) → (loss, metrics)`` is differentiated by the trainer w.r.t. the
+    ``trainable`` groups (the others are wrapped in ``stop_gradient``); a method that needs a
+    custom gradient (MoNA's meta-gradient) gives ``grad_fn`` instead. ``datasets`` maps a key
+    prefix to arrays: each step draws one global batch from every entry (prefix ``""`` for the
+    target data, e.g. ``"src_"`` for source data) and merges them into one batch dict.
+    """
+
+    name: str
+    trainable: tuple[str, ...]
+    datasets: Mapping[str, Mapping[str, np.ndarray]]
+    loss_fn: LossFn | None = None
+    grad_fn: GradFn | None = None
+    evaluate: bool = True  # run the task evaluation on validation during this stage
+
+    def __post_init__(self):
+        if (self.loss_fn is None) == (self.grad_fn is None):
+            raise ValueError(f"stage {self.name!r}: give exactly one of loss_fn / grad_fn")

@@ -1,0 +1,622 @@
+"""The training loop — the only one in the project.
+
+``train(config, workdir)`` runs the stages of ``config.stage_order`` in sequence. Each stage is
+contributed by a method (``xmodal_jax.methods.STAGE_KINDS``) and gets its own optimizer
+(``optax.multi_transform``: trainable groups updated, the rest ``set_to_zero`` with no state) and
+its own jitted, donated step. Validation (carved from train) picks the best checkpoint; the test
+split is evaluated once at the end, at the best and at the last step.
+
+Sections (big_vision's linear layout): mesh → input → model → stages → resume → loop → final eval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from xmodal_jax import checkpoint, config_lib, methods, metrics, parallel
+from xmodal_jax.data import pipeline, sources, tasks
+from xmodal_jax.methods.base import Context, Stage
+from xmodal_jax.models import crossmodal
+from xmodal_jax.models.pretrained import Pretrained, load_pretrained
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss: the run stops; the last checkpoint is the last good one."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM received: a final checkpoint was written and the run stopped."""
+
+
+class Stopped(RuntimeError):
+    """``config.stop_after`` steps done in this process: checkpoint written, resume to go on."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: the global step, the params and the stage's optimizer state."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+# --- optimizers -----------------------------------------------------------------------------------
+
+
+def make_schedule(cfg: Any, num_steps: int) -> optax.Schedule:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then constant / linear / cosine to 0.
+
+    The ``linear`` case is ORCA's WarmupLR: factor step/warmup, then (total−step)/(total−warmup),
+    clamped at 0.
+    """
+    lr, warm = float(cfg.lr), int(cfg.warmup_steps)
+    decay_steps = max(num_steps - warm, 1)
+    if cfg.schedule == "constant":
+        decay = optax.constant_schedule(lr)
+    elif cfg.schedule == "linear":
+        decay = optax.linear_schedule(lr, 0.0, decay_steps)
+    else:
+        decay = optax.cosine_decay_schedule(lr, decay_steps)
+    if warm <= 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), decay], [warm])
+
+
+def make_optimizer(cfg: Any, params: dict, num_steps: int) -> optax.GradientTransformation:
+    """The stage's optimizer over the trainable groups; frozen groups get no state, no update.
+
+    ``weight_decay`` is coupled L2 (added to the gradient, as PyTorch SGD/Adam do) except for
+    ``adamw`` (decoupled); clipping is by global norm of the trainable gradient.
+    """
+    sched = make_schedule(cfg, num_steps)
+    wd = float(cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        base = optax.sgd(sched, momentum=float(cfg.momentum) or None, nesterov=cfg.nesterov)
+    elif cfg.optimizer == "adam":
+        base = optax.adam(sched)
+    else:
+        base = optax.adamw(sched, weight_decay=wd)
+    parts = []
+    if float(cfg.clip) > 0:
+        parts.append(optax.clip_by_global_norm(float(cfg.clip)))
+    if wd and cfg.optimizer != "adamw":
+        parts.append(optax.add_decayed_weights(wd))
+    tx = optax.chain(*parts, base)
+    trainable = set(cfg.trainable)
+    labels = {
+        g: jax.tree.map(lambda _, g=g: "train" if g in trainable else "frozen", sub)
+        for g, sub in params.items()
+    }
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+# --- steps ----------------------------------------------------------------------------------------
+
+
+def _freeze(params: dict, trainable: tuple[str, ...]) -> dict:
+    # stop_gradient gives symbolic-zero cotangents: XLA never computes frozen weight gradients.
+    return {g: p if g in trainable else jax.lax.stop_gradient(p) for g, p in params.items()}
+
+
+def grad_fn_of(stage: Stage):
+    """The stage's ``(params, batch, rng) → (loss, metrics, grads)``."""
+    if stage.grad_fn is not None:
+        return stage.grad_fn
+
+    def fn(params, batch, rng):
+        def loss(p):
+            return stage.loss_fn(_freeze(p, stage.trainable), batch, rng)
+
+        (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return value, aux, grads
+
+    return fn
+
+
+def _microbatches(batch: dict, accum: int) -> dict:
+    # Strided split (row i → micro-batch i % accum) keeps every device's rows in every micro-batch.
+    def split(x):
+        b = x.shape[0]
+        return x.reshape(b // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def build_train_step(
+    stage: Stage, cfg: Any, tx: optax.GradientTransformation, seed: int, start: int, num_steps: int
+):
+    """The un-jitted ``(state, batch) → (state, metrics)``: accumulation, update, logging values.
+
+    ``start`` is the global step at which the stage began (its schedule counts from there); the
+    step's rng is ``fold_in(key(seed), global step)``, so a resumed run draws the same keys.
+    """
+    gfn = grad_fn_of(stage)
+    accum = int(cfg.accum)
+    schedule = make_schedule(cfg, num_steps)
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        if accum == 1:
+            loss, aux, grads = gfn(state.params, batch, rng)
+        else:
+            micro = _microbatches(batch, accum)
+
+            def body(carry, xs):
+                i, mb = xs
+                out = gfn(state.params, mb, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, out), None
+
+            shapes = jax.eval_shape(gfn, state.params, jax.tree.map(lambda x: x[0], micro), rng)
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            (loss, aux, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+            loss, aux = loss / accum, jax.tree.map(lambda a: a / accum, aux)
+            if cfg.accum_reduce == "mean":
+                grads = jax.tree.map(lambda g: g / accum, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        trained = {g: grads[g] for g in stage.trainable if g in grads}
+        out = {
+            "loss": loss,
+            "grad_norm": optax.tree.norm(trained),
+            "lr": schedule(state.step - start),
+            **aux,
+        }
+        return TrainState(state.step + 1, params, opt_state), out
+
+    return step
+
+
+# --- set-up ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything built before the loop (also what ``xmodal-eval`` needs)."""
+
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    task: tasks.Task
+    splits: dict[str, dict[str, np.ndarray]]
+    pretrained: Pretrained
+    graphdef: Any
+    params: dict  # initial params, sharded
+    param_shardings: Any
+    ctx: Context
+
+
+def _val_size(n_train: int, val_size: float) -> int:
+    return int(val_size) if val_size >= 1 else max(1, int(round(n_train * val_size)))
+
+
+def load_splits(config: ml_collections.ConfigDict, task: tasks.Task) -> dict:
+    """The task's splits, with validation carved from train when the task has none."""
+    splits = task.load()
+    for name in ("train", "test"):
+        if name not in splits:
+            raise ValueError(f"task {task.name!r}: loader returned no {name!r} split")
+    if "val" not in splits:
+        n = len(splits["train"]["x"])
+        train, val = pipeline.carve_validation(
+            splits["train"],
+            _val_size(n, float(config.data.val_size)),
+            seed=int(config.seed),
+            stratify="y" if task.classes else None,
+        )
+        splits = {**splits, "train": train, "val": val}
+    return splits
+
+
+def setup(config: ml_collections.ConfigDict) -> Run:
+    """Mesh, data, pretrained body, sharded model init and stage context (no training)."""
+    # Mesh.
+    mesh = parallel.make_mesh(
+        int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.get("num_devices", 0))
+    )
+    config_lib.validate(config, num_devices=mesh.size)
+    # Input.
+    task = tasks.get(config.task)
+    splits = load_splits(config, task)
+    # Model: pretrained body (or its random re-init), then a sharded jitted build.
+    pretrained = load_pretrained(config.body.path or None)
+    body_params = (
+        pretrained.params
+        if config.body.init == "pretrained"
+        else pretrained.random_params(int(config.seed))
+    )
+    body_params = jax.device_get(body_params)  # host numpy: valid jit input on every process
+    captured = {}
+
+    def init(bp):
+        graphdef, params = crossmodal.build_crossmodal(
+            task.spec, pretrained, body_params=bp, seed=int(config.seed)
+        )
+        captured["graphdef"] = graphdef
+        return params
+
+    abstract = jax.eval_shape(init, body_params)
+    shardings = parallel.param_shardings(abstract, mesh, [tuple(r) for r in config.sharding_rules])
+    params = jax.jit(init, out_shardings=shardings)(body_params)
+    graphdef = captured["graphdef"]
+    # Source data for alignment objectives.
+    source = feats = None
+    if config.source.kind == "text":
+        source = sources.text_source(
+            pretrained,
+            num_classes=int(config.source.num_classes),
+            max_examples=int(config.source.max_examples),
+            seq_len=int(config.source.seq_len),
+            seed=int(config.seed),
+        )
+        feats = sources.embed_source(pretrained, source)
+    ctx = Context(graphdef, task, pretrained, splits, source, feats, config)
+    return Run(config, mesh, task, splits, pretrained, graphdef, params, shardings, ctx)
+
+
+def build_stages(run: Run) -> list[tuple[Stage, Any, int]]:
+    """(stage, stage config, number of steps) for each name of ``config.stage_order``."""
+    out = []
+    bs = int(run.config.data.batch_size)
+    for name in config_lib.stage_names(run.config):
+        cfg = run.config.stages[name]
+        stage = methods.STAGE_KINDS[cfg.kind](name, cfg, run.ctx)
+        main = stage.datasets.get("") or next(iter(stage.datasets.values()))
+        per_epoch = pipeline.steps_per_epoch(len(next(iter(main.values()))), bs)
+        steps = int(cfg.steps) if int(cfg.steps) > 0 else math.ceil(float(cfg.epochs) * per_epoch)
+        out.append((stage, cfg, steps))
+    return out
+
+
+# --- data iterators -------------------------------------------------------------------------------
+
+
+class StageBatches:
+    """Zips one Grain iterator per named dataset of a stage into merged batch dicts."""
+
+    def __init__(self, stage: Stage, batch: int, seed: int, prefetch: int, state: dict | None):
+        self.iters = {
+            prefix: pipeline.train_iterator(
+                arrays,
+                batch,
+                seed=seed + 1000 * i,
+                prefetch=prefetch,
+                state=None if state is None else state[prefix],
+            )
+            for i, (prefix, arrays) in enumerate(sorted(stage.datasets.items()))
+        }
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        out = {}
+        for prefix, it in self.iters.items():
+            out.update({prefix + k: v for k, v in next(it).items()})
+        return out
+
+    def get_state(self) -> dict:
+        """JSON-able iterator states, keyed by dataset prefix."""
+        return {p: it.get_state() for p, it in self.iters.items()}
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def make_predict(run: Run):
+    """Jitted ``(params, batch) → {"out", "y", "valid"}`` with the run's shardings.
+
+    Targets and the padding mask ride along so that one gather brings back everything the metric
+    needs, on any number of processes. Compiled once: every evaluation batch has the same shape.
+    """
+    bsh = parallel.batch_sharding(run.mesh)
+
+    def predict(params, batch):
+        out = crossmodal.apply(run.graphdef, params, batch["x"])
+        return {"out": out, "y": batch["y"], "valid": batch[pipeline.VALID]}
+
+    return jax.jit(predict, in_shardings=(run.param_shardings, bsh), out_shardings=bsh)
+
+
+def evaluate(run: Run, predict, params: dict, split: str) -> float:
+    """The task metric on a whole split: outputs gathered, padding dropped, then the metric."""
+    outs, ys = [], []
+    for batch in pipeline.eval_batches(run.splits[split], int(run.config.data.eval_batch_size)):
+        got = parallel.to_host(predict(params, parallel.shard_batch(batch, run.mesh)))
+        valid = np.asarray(got["valid"]) > 0
+        outs.append(np.asarray(got["out"])[valid])
+        ys.append(np.asarray(got["y"])[valid])
+    return metrics.get(run.task.metric)(np.concatenate(outs), np.concatenate(ys))
+
+
+# --- logging --------------------------------------------------------------------------------------
+
+
+class MetricLogger:
+    """Writes metrics to stdout, ``metrics.jsonl`` and TensorBoard events (process 0 only)."""
+
+    def __init__(self, workdir: str):
+        self.main = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tb = None
+        if self.main:
+            os.makedirs(workdir, exist_ok=True)
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, values: dict[str, float], **tags: Any) -> None:
+        """Appends one record ``{"step", **tags, **values}``."""
+        if not self.main:
+            return
+        rec = {"step": int(step), **tags, **{k: float(v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        for k, v in values.items():
+            self.tb.add_scalar(f"{tags.get('split', 'train')}/{k}", float(v), int(step))
+        self.tb.flush()
+
+    def close(self) -> None:
+        """Flushes and closes the TensorBoard writer."""
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _progress(name: str, done: int, total: int, rate: float, values: dict) -> str:
+    width = 20
+    filled = int(width * done / max(total, 1))
+    eta = (total - done) / rate if rate > 0 else float("nan")
+    stats = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+    return (
+        f"[{name}] {done:>5}/{total} |{'█' * filled}{'·' * (width - filled)}| "
+        f"{rate:5.2f} steps/s ETA {eta:5.0f}s {stats}"
+    )
+
+
+def plot_curves(workdir: str) -> str | None:
+    """Saves ``curves.png`` (train loss and validation metric vs step) from ``metrics.jsonl``."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if jax.process_index() != 0 or not os.path.exists(path):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(line) for line in open(path)]
+    train = [r for r in recs if r.get("split") == "train" and "loss" in r]
+    val = [r for r in recs if r.get("split") == "val"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for stage in dict.fromkeys(r["stage"] for r in train):
+        pts = [(r["step"], r["loss"]) for r in train if r["stage"] == stage]
+        a.plot([p[0] for p in pts], [p[1] for p in pts], label=stage)
+    a.set_xlabel("step"), a.set_ylabel("train loss"), a.legend()
+    if val:
+        b.plot([r["step"] for r in val], [r["metric"] for r in val], "o-")
+    b.set_xlabel("step"), b.set_ylabel("validation metric (lower is better)")
+    fig.tight_layout()
+    out = os.path.join(workdir, "curves.png")
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+
+def _on_mesh(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Replicates leaves that live outside the mesh (scalars like the step, optimizer counts)."""
+    devices = set(mesh.devices.flat)
+    rep = parallel.replicated(mesh)
+    return jax.tree.map(
+        lambda x: x if set(x.sharding.device_set) == devices else jax.device_put(x, rep), tree
+    )
+
+
+def init_state(
+    run: Run, tx: optax.GradientTransformation, step: int, params: dict | None = None
+) -> TrainState:
+    """A train state on the run's mesh: params as given, fresh optimizer state for ``tx``."""
+    params = run.params if params is None else params
+    state = TrainState(jnp.asarray(step, jnp.int32), params, jax.jit(tx.init)(params))
+    return _on_mesh(state, run.mesh)
+
+
+def _check_finite(records: list[dict], stage: str) -> None:
+    for rec in records:
+        if not np.isfinite(rec["loss"]):
+            raise TrainingDiverged(
+                f"stage {stage!r}: loss is {rec['loss']} at step {rec['step']}; stopping. The "
+                "latest checkpoint is the last one with finite losses."
+            )
+
+
+class _StageLoop:
+    """Mutable bookkeeping of one stage: pending metrics, counters, saving and evaluation."""
+
+    def __init__(self, run, stage, num_steps, state, batches, stage_step, best, io):
+        self.run, self.stage, self.num_steps = run, stage, num_steps
+        self.state, self.batches = state, batches
+        self.stage_step, self.global_step = stage_step, int(state.step)
+        self.best = best
+        self.ckpt, self.logger, self.say, self.predict = io
+        self.pending: list[tuple[int, dict]] = []
+        self.t0, self.s0 = time.time(), stage_step
+
+    def record(self, metrics: dict) -> None:
+        """Keeps the step's device metrics; nothing is fetched until :meth:`flush`."""
+        self.global_step += 1
+        self.stage_step += 1
+        self.pending.append((self.global_step, metrics))
+
+    def flush(self) -> None:
+        """Fetches pending metrics (one host sync), checks them, logs them."""
+        recs = [
+            {"step": s, **{k: float(v) for k, v in m.items()}}
+            for s, m in jax.device_get(self.pending)
+        ]
+        self.pending.clear()
+        _check_finite(recs, self.stage.name)
+        for r in recs:
+            values = {k: v for k, v in r.items() if k != "step"}
+            self.logger.write(r["step"], values, split="train", stage=self.stage.name)
+        if recs:
+            rate = (self.stage_step - self.s0) / max(time.time() - self.t0, 1e-9)
+            last = {k: v for k, v in recs[-1].items() if k in ("loss", "lr")}
+            self.say(_progress(self.stage.name, self.stage_step, self.num_steps, rate, last))
+
+    def validate(self) -> bool:
+        """Evaluates on validation; returns whether the best value improved."""
+        self.flush()
+        val = evaluate(self.run, self.predict, self.state.params, "val")
+        improved = val < self.best
+        self.best = min(self.best, val)
+        self.logger.write(
+            self.global_step, {"metric": val, "best": self.best}, split="val", stage=self.stage.name
+        )
+        self.say(
+            f"[{self.stage.name}] step {self.stage_step}: val {self.run.task.metric} {val:.4f} "
+            f"(best {self.best:.4f})"
+        )
+        return improved
+
+    def save(self, stage_index: int, best_too: bool = False) -> None:
+        """Checkpoints the state (after checking every pending loss is finite)."""
+        self.flush()  # never checkpoint params behind a non-finite loss
+        meta = {
+            "stage": self.stage.name,
+            "stage_index": stage_index,
+            "stage_step": self.stage_step,
+            "step": self.global_step,
+            "best": self.best,
+            "config": self.run.config.to_json(),
+        }
+        data = {"iterators": self.batches.get_state()}
+        self.ckpt.save(self.global_step, self.state, data, meta)
+        if best_too:
+            self.ckpt.save(self.global_step, self.state, data, meta, best=True)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = True) -> dict:
+    """Runs (or resumes) every stage, then evaluates the test split; returns the results dict.
+
+    Resume order: the latest checkpoint in ``workdir`` (stage, step, optimizer and data-iterator
+    state included), else a fresh start. SIGTERM writes a final checkpoint and raises
+    :class:`Preempted`; ``config.stop_after`` does the same and raises :class:`Stopped`; a
+    non-finite loss raises :class:`TrainingDiverged` without saving.
+    """
+    say = print if verbose and jax.process_index() == 0 else (lambda *a, **k: None)
+    t_start = time.time()
+    run = setup(config)
+    stages = build_stages(run)
+    ckpt = checkpoint.Checkpointer(workdir, keep=int(config.checkpoint.keep))
+    logger = MetricLogger(workdir)
+    seed, bs = int(config.seed), int(config.data.batch_size)
+    predict = make_predict(run)
+    bsh = parallel.batch_sharding(run.mesh)
+
+    # Resume.
+    meta = ckpt.read_meta("latest")
+    first_stage, resume_step, best = 0, 0, math.inf
+    params, global_step = run.params, 0
+    if meta is not None:
+        names = [s.name for s, _, _ in stages]
+        if meta["stage"] not in names:
+            raise ValueError(f"{workdir}: checkpoint stage {meta['stage']!r} not in {names}")
+        first_stage, resume_step = names.index(meta["stage"]), int(meta["stage_step"])
+        best = float(meta.get("best", math.inf))
+        say(f"resuming {workdir} at stage {meta['stage']!r} step {resume_step}")
+
+    stop = {"term": False}
+    steps_here = 0
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(term=True))
+    try:
+        for si in range(first_stage, len(stages)):
+            stage, scfg, num_steps = stages[si]
+            tx = make_optimizer(scfg, params, num_steps)
+            state = init_state(run, tx, global_step, params)
+            data_state = None
+            if si == first_stage and meta is not None:
+                state, data, _ = ckpt.restore(checkpoint.abstract_like(state), "latest")
+                data_state = data["iterators"]
+                global_step = int(state.step)
+            stage_step = resume_step if si == first_stage else 0
+            state_sh = jax.tree.map(lambda x: x.sharding, state)
+            step_fn = jax.jit(
+                build_train_step(stage, scfg, tx, seed, global_step - stage_step, num_steps),
+                in_shardings=(state_sh, bsh),
+                out_shardings=(state_sh, None),
+                donate_argnums=(0,),
+            )
+            batches = StageBatches(stage, bs, seed + si, int(config.data.prefetch), data_state)
+            main = stage.datasets.get("") or next(iter(stage.datasets.values()))
+            per_epoch = pipeline.steps_per_epoch(len(next(iter(main.values()))), bs)
+            eval_every = int(config.eval_every) or per_epoch
+            ckpt_every = int(config.checkpoint.every_steps) or eval_every
+            say(f"stage {stage.name!r}: {num_steps} steps, trainable {list(stage.trainable)}")
+            loop = _StageLoop(
+                run,
+                stage,
+                num_steps,
+                state,
+                batches,
+                stage_step,
+                best,
+                (ckpt, logger, say, predict),
+            )
+            while loop.stage_step < num_steps:
+                batch = parallel.shard_batch(next(batches), run.mesh)
+                loop.state, metrics_ = step_fn(loop.state, batch)
+                loop.record(metrics_)
+                steps_here += 1
+                if loop.stage_step % int(config.log_every) == 0:
+                    loop.flush()
+                last = loop.stage_step == num_steps
+                improved = False
+                if stage.evaluate and (loop.stage_step % eval_every == 0 or last):
+                    improved = loop.validate()
+                if stop["term"] or steps_here == int(config.stop_after):
+                    loop.save(si)
+                    ckpt.wait()
+                    where = f"saved step {loop.global_step} in {workdir}"
+                    if stop["term"]:
+                        raise Preempted(f"SIGTERM: {where}")
+                    raise Stopped(f"stop_after={steps_here}: {where}")
+                if improved or loop.stage_step % ckpt_every == 0 or last:
+                    loop.save(si, best_too=improved)
+            loop.flush()
+            state, params, best = loop.state, loop.state.params, loop.best
+            global_step, resume_step = loop.global_step, 0
+        ckpt.wait()
+
+        # Final evaluation: test at the last step and at the best validation checkpoint.
+        results = {"task": run.task.name, "metric": run.task.metric, "body": config.body.init}
+        results["val_last"] = evaluate(run, predict, params, "val")
+        results["test_last"] = evaluate(run, predict, params, "test")
+        if ckpt.resolve("best") is not None:
+            best_state, _, best_meta = ckpt.restore(checkpoint.abstract_like(state), "best")
+            results["best_step"] = int(best_meta["step"])
+            results["val_best"] = evaluate(run, predict, best_state.params, "val")
+            results["test_best"] = evaluate(run, predict, best_state.params, "test")
+        results["wall_s"] = time.time() - t_start
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "results.json"), "w") as f:
+                json.dump(results, f, indent=2)
+        plot_curves(workdir)
+        say("results: " + json.dumps(results))
+        return results
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        logger.close()
+        ckpt.close()
+        sys.stdout.flush()
