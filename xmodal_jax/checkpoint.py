@@ -32,7 +32,14 @@ class Checkpointer:
             return ocp.CheckpointManager(
                 os.path.join(workdir, sub),
                 options=ocp.CheckpointManagerOptions(
-                    max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+                    max_to_keep=max_to_keep,
+                    enable_async_checkpointing=async_save,
+                    create=True,
+                    # Both managers may save the same step; multi-process barriers are named by
+                    # step, so each manager needs its own prefix or the two saves collide.
+                    multiprocessing_options=ocp.options.MultiprocessingOptions(
+                        barrier_sync_key_prefix=sub
+                    ),
                 ),
             )
 
