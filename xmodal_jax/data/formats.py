@@ -1,0 +1,122 @@
+"""Shared checks for readers of the tasks' original files: every error names file and field.
+
+Readers return ``Splits``: ``{"train": {"x": ..., "y": ...}, "val": {...}, "test": {...}}`` of
+numpy arrays (or read-only memory maps), inputs channels-first as spec/orca.md §7 lists them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+Splits = dict[str, dict[str, np.ndarray]]
+
+
+class DataFormatError(ValueError):
+    """A task file is missing, truncated or does not have the documented layout."""
+
+
+def require_file(root: str, *parts: str) -> str:
+    """``os.path.join(root, *parts)``, or an error naming the missing path."""
+    path = os.path.join(root, *parts)
+    if not os.path.exists(path):
+        raise DataFormatError(f"{path}: file not found (expected under the manual dir {root})")
+    return path
+
+
+def require_key(obj: Mapping[str, Any], key: str, path: str) -> Any:
+    """``obj[key]``, or an error naming the file and the missing field."""
+    try:
+        return obj[key]
+    except (KeyError, IndexError, ValueError) as e:
+        have = sorted(map(str, obj.keys())) if hasattr(obj, "keys") else "?"
+        raise DataFormatError(f"{path}: missing field {key!r} (found {have})") from e
+
+
+def check_shape(arr: np.ndarray, shape: Sequence[int | None], path: str, field: str) -> np.ndarray:
+    """Checks ``arr.shape`` against ``shape`` (``None`` = any size), naming file and field."""
+    ok = arr.ndim == len(shape) and all(
+        w is None or w == g for g, w in zip(arr.shape, shape, strict=True)
+    )
+    if not ok:
+        want = "×".join("N" if w is None else str(w) for w in shape)
+        raise DataFormatError(f"{path}: field {field!r} has shape {arr.shape}, expected {want}")
+    return arr
+
+
+def check_dtype(arr: np.ndarray, kinds: str, path: str, field: str) -> np.ndarray:
+    """Checks ``arr.dtype.kind`` is one of ``kinds`` (e.g. ``"fiu"``), naming file and field."""
+    if arr.dtype.kind not in kinds:
+        raise DataFormatError(
+            f"{path}: field {field!r} has dtype {arr.dtype}, expected one of kinds {kinds!r}"
+        )
+    return arr
+
+
+def check_labels(labels: np.ndarray, num_classes: int, path: str, field: str) -> np.ndarray:
+    """Integer labels in ``[0, num_classes)``; an out-of-range label names its index and value."""
+    labels = np.asarray(labels)
+    check_dtype(labels, "iu", path, field)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        i = int(bad[0])
+        raise DataFormatError(
+            f"{path}: field {field!r} has label {labels.flat[i]} at index {i}, outside "
+            f"[0, {num_classes}) ({bad.size} such labels)"
+        )
+    return labels.astype(np.int32)
+
+
+def check_lengths(split: Mapping[str, np.ndarray], path: str) -> None:
+    """All arrays of a split share their leading dimension."""
+    sizes = {k: len(v) for k, v in split.items()}
+    if len(set(sizes.values())) > 1:
+        raise DataFormatError(f"{path}: fields disagree on the number of examples: {sizes}")
+
+
+class LazyArray:
+    """An array-like over examples loaded on demand: ``len()``, ``.shape``, ``a[int | int array]``.
+
+    For datasets too large for memory (PSICOV's 57×512×512 features, per-file images): readers
+    return one of these instead of an ndarray and the Grain pipeline indexes it like one.
+    ``load(i)`` returns example ``i`` with shape ``example_shape``.
+    """
+
+    def __init__(self, n: int, example_shape: Sequence[int], dtype: Any, load, name: str = ""):
+        self.n, self.example_shape, self.dtype = n, tuple(example_shape), np.dtype(dtype)
+        self._load, self.name = load, name
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(n, *example_shape)``, like an ndarray."""
+        return (self.n, *self.example_shape)
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions including the example axis."""
+        return 1 + len(self.example_shape)
+
+    def _one(self, i: int) -> np.ndarray:
+        x = np.asarray(self._load(int(i)), dtype=self.dtype)
+        if x.shape != self.example_shape:
+            raise DataFormatError(
+                f"{self.name}: example {i} has shape {x.shape}, expected {self.example_shape}"
+            )
+        return x
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        if isinstance(idx, int | np.integer):
+            return self._one(int(idx))
+        idx = np.arange(self.n)[idx] if isinstance(idx, slice) else np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        out = np.empty((len(idx), *self.example_shape), self.dtype)
+        for j, i in enumerate(idx):
+            out[j] = self._one(int(i))
+        return out
