@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from xmodal_jax.models import embedders, heads
@@ -193,7 +194,11 @@ def build_crossmodal(
         head = heads.PooledHead(full.output_dim, task.num_outputs, skip_tokens=skip, rngs=rngs)
 
     model = CrossModalModel(embedder, full.encoder, head, full.embeddings, body_kwargs)
-    return split(model)
+    graphdef, params = split(model)
+    # Fresh buffers: the body group and the copied embedder weights would otherwise alias
+    # `pretrained.params` (and each other), and donating them in a jitted step would delete the
+    # pretrained weights or fail with "donate the same buffer twice".
+    return graphdef, jax.tree.map(lambda x: jnp.array(x, copy=True), params)
 
 
 def apply(graphdef: nnx.GraphDef, params: dict, *args: Any, method: str = "__call__", **kw: Any):
