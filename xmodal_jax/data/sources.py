@@ -91,3 +91,141 @@ def embed_source(
         for i in range(0, len(ids), batch)
     ]
     return np.concatenate(out)[:n]
+
+
+# --- the text proxy in ORCA's file format ---------------------------------------------------
+
+
+def text_proxy_arrays(pretrained: Pretrained, source: dict[str, np.ndarray]) -> np.ndarray:
+    """``[N, T, D]`` token embeddings (positions included) from the body's frozen input layer."""
+
+    @jax.jit
+    def fn(params, ids):
+        return pretrained.module(params).embeddings(ids)
+
+    return np.asarray(fn(pretrained.params, jnp.asarray(source["input_ids"])))
+
+
+def write_text_proxy(pretrained: Pretrained, out_dir: str, **kwargs) -> tuple[str, str]:
+    """Writes ``text_xs.npy`` (N×T×D float32) and ``text_ys.npy`` (N int) for ``pretrained``.
+
+    ORCA ships these files for RoBERTa-base only; regenerating them from labelled text works for
+    any text body. ``kwargs`` go to :func:`text_source` (classes, examples, sequence length).
+    """
+    import os
+
+    source = text_source(pretrained, **kwargs)
+    os.makedirs(out_dir, exist_ok=True)
+    xs_path, ys_path = os.path.join(out_dir, "text_xs.npy"), os.path.join(out_dir, "text_ys.npy")
+    np.save(xs_path, text_proxy_arrays(pretrained, source).astype(np.float32))
+    np.save(ys_path, source["y"].astype(np.int64))
+    return xs_path, ys_path
+
+
+def read_text_proxy(directory: str, hidden_size: int, xs: str = "text_xs.npy") -> dict:
+    """Reads ``text_xs*.npy`` / ``text_ys.npy``, checking them against the body's hidden size."""
+    from xmodal_jax.data import formats
+
+    xs_path = formats.require_file(directory, xs)
+    ys_path = formats.require_file(directory, xs.replace("xs", "ys"))
+    try:
+        x = np.load(xs_path, mmap_mode="r")
+        y = np.load(ys_path)
+    except ValueError as e:
+        raise formats.DataFormatError(f"{directory}: unreadable proxy arrays: {e}") from e
+    formats.check_shape(x, (None, None, hidden_size), xs_path, "token embeddings")
+    formats.check_dtype(x, "f", xs_path, "token embeddings")
+    formats.check_shape(y, (len(x),), ys_path, "labels")
+    labels = formats.check_labels(y, int(y.max()) + 1 if len(y) else 1, ys_path, "labels")
+    return {"tokens": x, "y": labels}
+
+
+# --- image proxies from original archives ---------------------------------------------------
+
+
+def read_cifar10(root: str, *, n: int = 5000, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random ``n``-image subset of CIFAR-10's training set (uint8 N×3×32×32 + labels).
+
+    Reads the original python archive: ``root/cifar-10-batches-py/data_batch_{1..5}`` or
+    ``root/cifar-10-python.tar.gz`` (read in place). ORCA's 2D source modality.
+    """
+    import os
+    import pickle
+    import tarfile
+
+    from xmodal_jax.data import formats
+
+    def parse(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            d = pickle.loads(blob, encoding="bytes")
+        except Exception as e:
+            raise formats.DataFormatError(f"{name}: not a readable CIFAR pickle: {e}") from e
+        data = np.asarray(formats.require_key(d, b"data", name))
+        labels = np.asarray(formats.require_key(d, b"labels", name))
+        formats.check_shape(data, (None, 3072), name, "data")
+        formats.check_shape(labels, (len(data),), name, "labels")
+        return data.reshape(-1, 3, 32, 32).astype(np.uint8), formats.check_labels(
+            labels, 10, name, "labels"
+        )
+
+    names = [f"data_batch_{i}" for i in range(1, 6)]
+    folder = os.path.join(root, "cifar-10-batches-py")
+    archive = os.path.join(root, "cifar-10-python.tar.gz")
+    parts = []
+    if os.path.isdir(folder):
+        for name in names:
+            path = formats.require_file(folder, name)
+            with open(path, "rb") as f:
+                parts.append(parse(f.read(), path))
+    elif os.path.exists(archive):
+        with tarfile.open(archive) as tar:
+            for name in names:
+                member = f"cifar-10-batches-py/{name}"
+                try:
+                    blob = tar.extractfile(member).read()
+                except KeyError as e:
+                    raise formats.DataFormatError(f"{archive}: no member {member!r}") from e
+                parts.append(parse(blob, f"{archive}:{member}"))
+    else:
+        raise formats.DataFormatError(
+            f"{root}: neither cifar-10-batches-py/ nor cifar-10-python.tar.gz found"
+        )
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    idx = np.random.default_rng(seed).permutation(len(x))[: min(n, len(x))]
+    return {"pixel_values": x[idx], "y": y[idx]}
+
+
+def read_voc_masks(
+    root: str, *, n: int = 1000, size: int = 224, split: str = "train", seed: int = 0
+) -> dict[str, np.ndarray]:
+    """PASCAL VOC images with binary foreground masks (PaRe's dense source modality).
+
+    Reads ``root/VOCdevkit/VOC2012/{ImageSets/Segmentation/<split>.txt, JPEGImages/*.jpg,
+    SegmentationClass/*.png}``; masks are 1 where the class index is neither background (0) nor
+    the void border (255). Images → float32 N×3×size×size in [0, 1]; masks → N×1×size×size.
+    """
+    from PIL import Image
+
+    from xmodal_jax.data import formats
+
+    base = formats.require_file(root, "VOCdevkit", "VOC2012")
+    ids_file = formats.require_file(base, "ImageSets", "Segmentation", f"{split}.txt")
+    ids = [line.strip() for line in open(ids_file) if line.strip()]
+    if not ids:
+        raise formats.DataFormatError(f"{ids_file}: empty id list")
+    pick = np.random.default_rng(seed).permutation(len(ids))[: min(n, len(ids))]
+    images, masks = [], []
+    for i in pick:
+        img_path = formats.require_file(base, "JPEGImages", f"{ids[i]}.jpg")
+        seg_path = formats.require_file(base, "SegmentationClass", f"{ids[i]}.png")
+        try:
+            img = Image.open(img_path).convert("RGB").resize((size, size), Image.BILINEAR)
+            seg = np.asarray(Image.open(seg_path).resize((size, size), Image.NEAREST))
+        except OSError as e:
+            raise formats.DataFormatError(f"{img_path} / {seg_path}: unreadable image: {e}") from e
+        if seg.ndim != 2:
+            raise formats.DataFormatError(f"{seg_path}: expected a palette (class-index) PNG")
+        images.append(np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0)
+        masks.append(((seg > 0) & (seg != 255)).astype(np.float32)[None])
+    return {"pixel_values": np.stack(images), "mask": np.stack(masks)}
