@@ -15,6 +15,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
 ACCUM_REDUCE = ("sum", "mean")
 GROUPS = ("embedder", "body", "head", "source_embedder")
+SOURCE_KINDS = ("none", "text", "text_proxy", "cifar10")
 
 
 def stage_defaults() -> dict[str, Any]:
@@ -31,6 +32,7 @@ def stage_defaults() -> dict[str, Any]:
         nesterov=False,
         schedule="linear",  # decay after warm-up: constant | linear (to 0) | cosine (to 0)
         warmup_steps=0,
+        warmup_fraction=0.0,  # warm-up as a fraction of the stage (used when warmup_steps = 0)
         clip=0.0,  # global-norm clip of the (accumulated) gradient; 0 = off
         accum=1,  # gradient accumulation: micro-batches per update
         accum_reduce="mean",  # how micro-batch gradients combine (the ORCA reference sums)
@@ -50,8 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(
         dict(batch_size=32, eval_batch_size=256, val_size=0.1, prefetch=2)
     )
+    # kind: none | text (VADER words) | text_proxy (data_dir/text_xs.npy) | cifar10 (data_dir)
     c.source = ml_collections.ConfigDict(
-        dict(kind="none", num_classes=4, max_examples=1024, seq_len=8)
+        dict(kind="none", num_classes=4, max_examples=1024, seq_len=8, data_dir="")
     )
     c.stages = ml_collections.ConfigDict()
     c.stage_order = ""
@@ -153,8 +156,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             errors.append(f"{where}accum: must be an int ≥ 1, got {get('accum')!r}")
     if config.body.init not in ("pretrained", "random"):
         errors.append(f"body.init: {config.body.init!r} not in ('pretrained', 'random')")
-    if config.source.kind not in ("none", "text"):
-        errors.append(f"source.kind: {config.source.kind!r} not in ('none', 'text')")
+    if config.source.kind not in SOURCE_KINDS:
+        errors.append(f"source.kind: {config.source.kind!r} not in {SOURCE_KINDS}")
     for key in ("batch_size", "eval_batch_size"):
         if not (isinstance(config.data.get(key), int) and config.data.get(key) > 0):
             errors.append(f"data.{key}: must be a positive int, got {config.data.get(key)!r}")

@@ -65,6 +65,8 @@ def make_schedule(cfg: Any, num_steps: int) -> optax.Schedule:
     clamped at 0.
     """
     lr, warm = float(cfg.lr), int(cfg.warmup_steps)
+    if warm == 0 and float(cfg.get("warmup_fraction", 0.0)) > 0:
+        warm = round(float(cfg.warmup_fraction) * num_steps)
     decay_steps = max(num_steps - warm, 1)
     if cfg.schedule == "constant":
         decay = optax.constant_schedule(lr)
@@ -253,16 +255,7 @@ def setup(config: ml_collections.ConfigDict) -> Run:
     params = jax.jit(init, out_shardings=shardings)(body_params)
     graphdef = captured["graphdef"]
     # Source data for alignment objectives.
-    source = feats = None
-    if config.source.kind == "text":
-        source = sources.text_source(
-            pretrained,
-            num_classes=int(config.source.num_classes),
-            max_examples=int(config.source.max_examples),
-            seq_len=int(config.source.seq_len),
-            seed=int(config.seed),
-        )
-        feats = sources.embed_source(pretrained, source)
+    source, feats = sources.load(config.source, pretrained, seed=int(config.seed))
     ctx = Context(graphdef, task, pretrained, splits, source, feats, config)
     return Run(config, mesh, task, splits, pretrained, graphdef, params, shardings, ctx)
 

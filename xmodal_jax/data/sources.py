@@ -69,28 +69,67 @@ def text_source(
     }
 
 
-def embed_source(
-    pretrained: Pretrained, source: dict[str, np.ndarray], batch: int = 256
-) -> np.ndarray:
-    """Mean-over-tokens output of the body's frozen input layer: ``[N, D]`` source features."""
-    module_params = pretrained.params
+def embed_source(pretrained: Pretrained, source: dict[str, np.ndarray], batch: int = 256):
+    """Mean-over-tokens output of the body's frozen input layer: ``[N, D]`` source features.
+
+    Text sources give ``input_ids``/``attention_mask`` (padding excluded from the mean), image
+    sources ``pixel_values`` (resized to the body's image size), proxies precomputed ``tokens``.
+    """
+    from xmodal_jax.models.embedders import resize_bilinear
+
+    if "tokens" in source:
+        return np.asarray(source["tokens"], np.float32).mean(axis=1)
 
     @jax.jit
-    def fn(params, ids, mask):
-        tokens = pretrained.module(params).embeddings(ids)
-        m = mask[..., None].astype(tokens.dtype)
-        return (tokens * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+    def fn(params, batch_inputs):
+        emb = pretrained.module(params).embeddings
+        if "input_ids" in batch_inputs:
+            tokens = emb(batch_inputs["input_ids"])
+            m = batch_inputs["attention_mask"][..., None].astype(tokens.dtype)
+            return (tokens * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+        size = pretrained.config.image_size
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        x = resize_bilinear(batch_inputs["pixel_values"].astype(jnp.float32), hw)
+        return emb(x).mean(1)
 
-    ids, mask = source["input_ids"], source["attention_mask"]
-    n = len(ids)
-    pad = (-n) % batch
-    ids = np.concatenate([ids, np.zeros((pad, ids.shape[1]), ids.dtype)])
-    mask = np.concatenate([mask, np.ones((pad, mask.shape[1]), mask.dtype)])
-    out = [
-        np.asarray(fn(module_params, ids[i : i + batch], mask[i : i + batch]))
-        for i in range(0, len(ids), batch)
-    ]
-    return np.concatenate(out)[:n]
+    keys = [k for k in ("input_ids", "attention_mask", "pixel_values") if k in source]
+    n = len(source[keys[0]])
+    out = []
+    for i in range(0, n, batch):
+        chunk = {k: np.asarray(source[k][i : i + batch]) for k in keys}
+        m = len(chunk[keys[0]])
+        if m < batch:  # pad to a static shape; padding rows are dropped below
+            chunk = {
+                k: np.concatenate([v, np.repeat(v[:1], batch - m, 0)]) for k, v in chunk.items()
+            }
+        out.append(np.asarray(fn(pretrained.params, chunk))[:m])
+    return np.concatenate(out)
+
+
+def load(source_cfg, pretrained: Pretrained, seed: int = 0):
+    """``(source examples, their [N, D] features)`` for ``config.source``, or ``(None, None)``."""
+    kind = source_cfg.kind
+    if kind == "none":
+        return None, None
+    if kind == "text":
+        source = text_source(
+            pretrained,
+            num_classes=int(source_cfg.num_classes),
+            max_examples=int(source_cfg.max_examples),
+            seq_len=int(source_cfg.seq_len),
+            seed=seed,
+        )
+    elif kind == "text_proxy":
+        hidden = pretrained.config.hidden_size
+        source = read_text_proxy(source_cfg.data_dir, hidden_size=hidden)
+    elif kind == "cifar10":
+        if pretrained.modality != "vision":
+            raise ValueError("config.source.kind='cifar10' needs a vision body (ViT/Swin)")
+        source = read_cifar10(source_cfg.data_dir, n=int(source_cfg.max_examples), seed=seed)
+        source = {**source, "pixel_values": source["pixel_values"].astype(np.float32) / 255.0}
+    else:
+        raise ValueError(f"config.source.kind={kind!r} unknown")
+    return source, embed_source(pretrained, source)
 
 
 # --- the text proxy in ORCA's file format ---------------------------------------------------
