@@ -64,7 +64,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 10
     c.eval_every = 0  # steps between validation evals; 0 = once per epoch
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, keep=2))  # 0 = per eval
-    c.pos_weight = 1.0  # for the bce loss
     # Stop (after a checkpoint) once this process has run this many steps; 0 = run to the end.
     # For time-sliced jobs: the next launch resumes from the checkpoint.
     c.stop_after = 0

@@ -223,6 +223,20 @@ def load_splits(config: ml_collections.ConfigDict, task: tasks.Task) -> dict:
     return splits
 
 
+def target_decoder(task: tasks.Task, splits: dict):
+    """Identity, or ``out · (std + ε) + mean`` with per-position train statistics (ε = 1e-5).
+
+    The reference's UnitGaussianNormalizer: the model learns normalised targets; loss and metric
+    see decoded outputs against raw targets.
+    """
+    if not task.normalize_targets:
+        return lambda out: out
+    y = np.asarray(splits["train"]["y"][np.arange(len(splits["train"]["y"]))], np.float64)
+    mean = jnp.asarray(y.mean(0), jnp.float32)
+    scale = jnp.asarray(y.std(0) + 1e-5, jnp.float32)
+    return lambda out: out * scale + mean
+
+
 def setup(config: ml_collections.ConfigDict) -> Run:
     """Mesh, data, pretrained body, sharded model init and stage context (no training)."""
     # Mesh.
@@ -256,7 +270,9 @@ def setup(config: ml_collections.ConfigDict) -> Run:
     graphdef = captured["graphdef"]
     # Source data for alignment objectives.
     source, feats = sources.load(config.source, pretrained, seed=int(config.seed))
-    ctx = Context(graphdef, task, pretrained, splits, source, feats, config)
+    ctx = Context(
+        graphdef, task, pretrained, splits, source, feats, config, target_decoder(task, splits)
+    )
     return Run(config, mesh, task, splits, pretrained, graphdef, params, shardings, ctx)
 
 
@@ -315,21 +331,25 @@ def make_predict(run: Run):
     bsh = parallel.batch_sharding(run.mesh)
 
     def predict(params, batch):
-        out = crossmodal.apply(run.graphdef, params, batch["x"])
-        return {"out": out, "y": batch["y"], "valid": batch[pipeline.VALID]}
+        out = run.ctx.decode(crossmodal.apply(run.graphdef, params, batch["x"]))
+        return {"out": out, **{k: v for k, v in batch.items() if k != "x"}}
 
     return jax.jit(predict, in_shardings=(run.param_shardings, bsh), out_shardings=bsh)
 
 
 def evaluate(run: Run, predict, params: dict, split: str) -> float:
     """The task metric on a whole split: outputs gathered, padding dropped, then the metric."""
-    outs, ys = [], []
-    for batch in pipeline.eval_batches(run.splits[split], int(run.config.data.eval_batch_size)):
-        got = parallel.to_host(predict(params, parallel.shard_batch(batch, run.mesh)))
-        valid = np.asarray(got["valid"]) > 0
-        outs.append(np.asarray(got["out"])[valid])
-        ys.append(np.asarray(got["y"])[valid])
-    return metrics.get(run.task.metric)(np.concatenate(outs), np.concatenate(ys))
+    keys = ("x", "y", *run.task.metric_extras)
+    arrays = {k: run.splits[split][k] for k in keys}
+    got: dict[str, list] = {}
+    for batch in pipeline.eval_batches(arrays, int(run.config.data.eval_batch_size)):
+        out = parallel.to_host(predict(params, parallel.shard_batch(batch, run.mesh)))
+        valid = np.asarray(out.pop(pipeline.VALID)) > 0
+        for k, v in out.items():
+            got.setdefault(k, []).append(np.asarray(v)[valid])
+    cat = {k: np.concatenate(v) for k, v in got.items()}
+    extras = {k: cat[k] for k in run.task.metric_extras}
+    return metrics.get(run.task.metric)(cat["out"], cat["y"], **extras)
 
 
 # --- logging --------------------------------------------------------------------------------------

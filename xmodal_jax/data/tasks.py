@@ -9,7 +9,7 @@ validation from train (never from test).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,14 @@ class Task:
     metric: str  # key of xmodal_jax.metrics.METRICS (lower is better)
     load: Callable[[], Splits]
     classes: bool = True  # integer class labels (else alignment uses k-means pseudo-labels)
+    loss_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # e.g. pos_weight
+    # Split fields (besides x, y) handed to the loss / the metric, e.g. Cosmic's "ignore" mask,
+    # FSD50K's "clip" ids, PSICOV's "length".
+    loss_extras: tuple[str, ...] = ()
+    metric_extras: tuple[str, ...] = ()
+    # Unit-Gaussian target normaliser fit on train: the model predicts normalised targets and
+    # its outputs are decoded before the loss and the metric (Darcy, PDEBench CFD).
+    normalize_targets: bool = False
 
 
 _REGISTRY: dict[str, Callable[[Any], Task]] = {}

@@ -34,6 +34,9 @@ class Context:
     source: Mapping[str, np.ndarray] | None  # labelled source-modality examples, if any
     source_features: np.ndarray | None  # their frozen-embedder features [N, D]
     config: Any
+    # Model outputs → task units (identity, or the inverse target normaliser); used by the task
+    # loss and by evaluation alike.
+    decode: Callable[[jax.Array], jax.Array] = lambda out: out
 
 
 @dataclasses.dataclass(frozen=True)

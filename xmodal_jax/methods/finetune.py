@@ -130,23 +130,16 @@ def kmeans_pseudo_labels(targets: np.ndarray, k: int = 10, seed: int = 0) -> np.
 # --- stages ---------------------------------------------------------------------------------------
 
 
-def _targets_and_weights(batch):
-    return batch["y"], batch.get("_valid")
-
-
 def task_loss_fn(ctx: Context):
     """``(params, batch, rng) → (loss, metrics)`` for the task loss on ``batch["x"], ["y"]``."""
-    loss_name = ctx.task.loss
-    loss = losses.get(loss_name)
-    kwargs: dict[str, Any] = {}
-    if loss_name == "bce":
-        kwargs["pos_weight"] = float(ctx.config.get("pos_weight", 1.0))
+    task = ctx.task
+    loss = losses.get(task.loss)
 
     def fn(params, batch, rng):
         del rng
-        y, w = _targets_and_weights(batch)
-        out = apply(ctx.graphdef, params, batch["x"])
-        value = loss(out, y, w, **kwargs)
+        out = ctx.decode(apply(ctx.graphdef, params, batch["x"]))
+        extras = {k: batch[k] for k in task.loss_extras}
+        value = loss(out, batch["y"], batch.get("_valid"), **task.loss_kwargs, **extras)
         return value, {"task_loss": value}
 
     return fn
