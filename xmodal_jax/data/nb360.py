@@ -29,6 +29,7 @@ import pickle
 import tarfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -118,7 +119,9 @@ def _get(d: Any, key: str, path: str) -> Any:
     return require_key(d, key, path)
 
 
-def _int_labels(labels: Any, num_classes: int, path: str, field: str, offset: int = 0) -> np.ndarray:
+def _int_labels(
+    labels: Any, num_classes: int, path: str, field: str, offset: int = 0
+) -> np.ndarray:
     """Integer class labels (integral floats accepted, as the reference casts them) → int32.
 
     ``offset`` is subtracted first (Satellite's labels are 1-based).
@@ -190,9 +193,9 @@ def _load_npy(path: str, field: str) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def _npz_member(path: str, key: str) -> tuple[np.ndarray, bool]:
-    """Array ``key`` of an ``.npz``: memory-mapped if stored uncompressed (``np.savez``), else
-    loaded (only that member). Returns ``(array, mapped)``."""
+def _npz_member(path: str, key: str) -> np.ndarray:
+    """Array ``key`` of an ``.npz``: an ``np.memmap`` if stored uncompressed (``np.savez``), else
+    loaded (that member only)."""
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
@@ -220,6 +223,8 @@ def _npz_member(path: str, key: str) -> tuple[np.ndarray, bool]:
                 f.seek(start)
                 shape, fortran, dtype = _read_npy_header(f, f"{path}:{name}")
                 offset = f.tell()
+            if not dtype.hasobject and 0 in shape:
+                return np.zeros(shape, dtype)  # mmap cannot map zero bytes
             if not dtype.hasobject:
                 need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
                 if os.path.getsize(path) < need:
@@ -227,7 +232,7 @@ def _npz_member(path: str, key: str) -> tuple[np.ndarray, bool]:
                         f"{path}: field {key!r} truncated: needs {need} bytes, file has "
                         f"{os.path.getsize(path)}"
                     )
-                arr = np.memmap(
+                return np.memmap(
                     path,
                     dtype=dtype,
                     mode="r",
@@ -235,10 +240,9 @@ def _npz_member(path: str, key: str) -> tuple[np.ndarray, bool]:
                     shape=shape,
                     order="F" if fortran else "C",
                 )
-                return arr, True
         try:
             with zf.open(name) as member:
-                return np.lib.format.read_array(member, allow_pickle=False), False
+                return np.lib.format.read_array(member, allow_pickle=False)
         except Exception as e:
             raise DataFormatError(
                 f"{path}: field {key!r} unreadable (truncated or corrupt?): {e}"
@@ -375,17 +379,17 @@ def _read_mat_field(path: str, field: str, rows: slice, r: int) -> np.ndarray:
                 raise DataFormatError(f"{path}: missing field {field!r} (found {sorted(f.keys())})")
             ds = f[field]
             logical = tuple(reversed(ds.shape))
-            check_shape(
-                np.empty(logical, dtype=[]), (None, _DARCY_RES, _DARCY_RES), path, field
-            )
-            check_dtype(np.empty(0, ds.dtype), "fiu", path, field)
-            n = logical[0]
-            start, stop, _ = rows.indices(n)
-            _require_rows(stop, rows, n, path, field)
+            # check_shape/check_dtype only look at these attributes; nothing is read yet.
+            meta = SimpleNamespace(shape=logical, ndim=len(logical), dtype=ds.dtype)
+            check_shape(meta, (None, _DARCY_RES, _DARCY_RES), path, field)
+            check_dtype(meta, "fiu", path, field)
+            start, stop = _rows(rows, logical[0], path, field)
             try:
                 block = ds[::r, ::r, start:stop]
             except Exception as e:
-                raise DataFormatError(f"{path}: field {field!r} unreadable (truncated?): {e}") from e
+                raise DataFormatError(
+                    f"{path}: field {field!r} unreadable (truncated?): {e}"
+                ) from e
             return np.ascontiguousarray(block.transpose(2, 1, 0), dtype=np.float32)
 
     import scipy.io
@@ -403,16 +407,19 @@ def _read_mat_field(path: str, field: str, rows: slice, r: int) -> np.ndarray:
     arr = mat.pop(field)
     check_shape(arr, (None, _DARCY_RES, _DARCY_RES), path, field)
     check_dtype(arr, "fiu", path, field)
-    start, stop, _ = rows.indices(len(arr))
-    _require_rows(stop, rows, len(arr), path, field)
+    start, stop = _rows(rows, len(arr), path, field)
     return np.ascontiguousarray(arr[start:stop, ::r, ::r], dtype=np.float32)
 
 
-def _require_rows(stop: int, rows: slice, n: int, path: str, field: str) -> None:
+def _rows(rows: slice, n: int, path: str, field: str) -> tuple[int, int]:
+    """``(start, stop)`` of ``rows``; a file with fewer samples than the split needs is an error
+    (the reference would silently train on fewer)."""
     if rows.stop is not None and rows.stop > n:
         raise DataFormatError(
             f"{path}: field {field!r} has {n} samples, the split needs {rows.stop}"
         )
+    start, stop, _ = rows.indices(n)
+    return start, stop
 
 
 def darcy_grid(s: int) -> np.ndarray:
@@ -420,7 +427,7 @@ def darcy_grid(s: int) -> np.ndarray:
     ``[1]`` = y (varies along rows), both ``linspace(0, 1, s)``.
 
     Reference: ``np.meshgrid`` (``xy`` indexing) of two ``linspace(0, 1, s)``, stacked as the
-    last axis and permuted to channels (ORCA ``src/data_loaders.py`` lines 360-376).
+    last axis and permuted to channels (ORCA 19b8c1c ``src/data_loaders.py`` lines 360-377).
     """
     gx, gy = np.meshgrid(np.linspace(0, 1, s), np.linspace(0, 1, s))
     return np.stack([gx, gy]).astype(np.float32)
@@ -501,7 +508,7 @@ def read_ninapro(root: str, *, seed: int = 0) -> Splits:
     for split in ("train", "val", "test"):
         xpath = require_file(root, "ninaPro", f"ninapro_{split}.npy")
         ypath = require_file(root, "ninaPro", f"label_{split}.npy")
-        data = np.asarray(_load_npy(xpath, "ninapro")) if False else _load_npy(xpath, "ninapro")
+        data = _load_npy(xpath, "ninapro")
         labels = np.asarray(_load_npy(ypath, "label"))
         check_shape(data, (None, 52, 16), xpath, "ninapro")
         check_dtype(data, "fiu", xpath, "ninapro")
@@ -509,9 +516,7 @@ def read_ninapro(root: str, *, seed: int = 0) -> Splits:
         x = np.ascontiguousarray(np.asarray(data).transpose(0, 2, 1)[:, None], dtype=np.float32)
         y = _int_labels(labels, NUM_CLASSES["ninapro"], ypath, "label")
         if len(x) != len(y):
-            raise DataFormatError(
-                f"{xpath} has {len(x)} examples but {ypath} has {len(y)} labels"
-            )
+            raise DataFormatError(f"{xpath} has {len(x)} examples but {ypath} has {len(y)} labels")
         out[split] = {"x": x, "y": y}
     return out
 
@@ -522,7 +527,7 @@ def read_ninapro(root: str, *, seed: int = 0) -> Splits:
 ECG_LABELS = {"N": 0, "A": 1, "O": 2, "~": 3}
 ECG_WINDOW, ECG_STRIDE = 1000, 500
 # The reference's slide_and_cut (datatype 4) oversamples the rare classes with shorter strides:
-# N 500, A 500//6, O 500//2, ~ 500//20 (ORCA src/data_loaders.py lines 2171-2193).
+# N 500, A 500//6, O 500//2, ~ 500//20 (ORCA 19b8c1c src/data_loaders.py lines 2171-2193).
 ECG_CLASS_STRIDES = (ECG_STRIDE, ECG_STRIDE // 6, ECG_STRIDE // 2, ECG_STRIDE // 20)
 
 
@@ -684,10 +689,10 @@ def read_deepsea(root: str, *, seed: int = 0) -> Splits:
     out = {}
     for split in ("train", "val", "test"):
         xk, yk = f"x_{split}", f"y_{split}"
-        xs, _ = _npz_member(path, xk)
+        xs = _npz_member(path, xk)
         check_shape(xs, (None, 1000, 4), path, xk)
         check_dtype(xs, "biuf", path, xk)
-        ys, _ = _npz_member(path, yk)
+        ys = _npz_member(path, yk)
         check_shape(ys, (None, NUM_CLASSES["deepsea"]), path, yk)
         check_dtype(ys, "biuf", path, yk)
         y = np.asarray(ys, dtype=np.float32)
