@@ -7,7 +7,7 @@ numpy arrays (or read-only memory maps), inputs channels-first as spec/orca.md �
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -77,17 +77,44 @@ def check_lengths(split: Mapping[str, np.ndarray], path: str) -> None:
         raise DataFormatError(f"{path}: fields disagree on the number of examples: {sizes}")
 
 
-class LazyArray:
-    """An array-like over examples loaded on demand: ``len()``, ``.shape``, ``a[int | int array]``.
+def unit_gaussian_stats(x: Any, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """Per-position ``(mean, std + eps)`` over axis 0, as the reference's UnitGaussianNormalizer.
 
-    For datasets too large for memory (PSICOV's 57×512×512 features, per-file images): readers
-    return one of these instead of an ndarray and the Grain pipeline indexes it like one.
-    ``load(i)`` returns example ``i`` with shape ``example_shape``.
+    Encode with ``(x - mean) / std`` and decode with ``x * std + mean``: ``eps`` is already in
+    ``std``, as in the reference's encode and decode. ``std`` is the unbiased (n − 1) estimate,
+    as ``torch.std``. Both are float32 with shape ``x.shape[1:]``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) < 2:
+        raise ValueError(f"need at least 2 examples for a standard deviation, got {len(x)}")
+    mean = x.mean(axis=0)
+    std = x.std(axis=0, ddof=1) + eps
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+class LazyArray:
+    """An array-like over examples loaded on demand: ``len()``, ``.shape``, ``a[int | ints]``.
+
+    For datasets too large for memory (PSICOV's 57×512×512 features, per-file images, memory-mapped
+    arrays that need a transform): readers return one of these instead of an ndarray and the Grain
+    pipeline indexes it like one. ``load(i)`` returns example ``i``; an optional vectorised
+    ``gather(int_indices)`` returns a whole batch at once (one call instead of a Python loop).
     """
 
-    def __init__(self, n: int, example_shape: Sequence[int], dtype: Any, load, name: str = ""):
+    def __init__(
+        self,
+        n: int,
+        example_shape: Sequence[int],
+        dtype: Any,
+        load: Callable[[int], np.ndarray] | None = None,
+        name: str = "",
+        gather: Callable[[np.ndarray], np.ndarray] | None = None,
+    ):
+        if load is None and gather is None:
+            raise ValueError("LazyArray needs load or gather")
         self.n, self.example_shape, self.dtype = n, tuple(example_shape), np.dtype(dtype)
-        self._load, self.name = load, name
+        self._load = load if load is not None else (lambda i: gather(np.array([i]))[0])
+        self._gather, self.name = gather, name
 
     def __len__(self) -> int:
         return self.n
@@ -112,11 +139,29 @@ class LazyArray:
 
     def __getitem__(self, idx: Any) -> np.ndarray:
         if isinstance(idx, int | np.integer):
-            return self._one(int(idx))
+            return self._one(int(idx) + (self.n if idx < 0 else 0))
         idx = np.arange(self.n)[idx] if isinstance(idx, slice) else np.asarray(idx)
         if idx.dtype == bool:
+            if idx.shape != (self.n,):
+                raise IndexError(f"boolean index of shape {idx.shape} for {self.n} examples")
             idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64).reshape(-1)
+        if idx.size and (idx.min() < -self.n or idx.max() >= self.n):
+            raise IndexError(f"index out of range for {self.n} examples of {self.name}")
+        idx = np.where(idx < 0, idx + self.n, idx)
+        if self._gather is not None:
+            out = np.asarray(self._gather(idx), dtype=self.dtype)
+            if out.shape != (len(idx), *self.example_shape):
+                raise DataFormatError(
+                    f"{self.name}: a batch has shape {out.shape}, expected "
+                    f"{(len(idx), *self.example_shape)}"
+                )
+            return out
         out = np.empty((len(idx), *self.example_shape), self.dtype)
         for j, i in enumerate(idx):
             out[j] = self._one(int(i))
         return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[np.arange(self.n)]
+        return out if dtype is None else out.astype(dtype)

@@ -28,7 +28,7 @@ import os
 import pickle
 import tarfile
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from types import SimpleNamespace
 from typing import Any
 
@@ -57,47 +57,6 @@ NUM_CLASSES = {
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers
-
-
-class _Gathered(LazyArray):
-    """A ``LazyArray`` whose batches come from one vectorised ``gather(int_indices)`` call.
-
-    Per-example Python calls (``LazyArray``'s default) would make 1000-row evaluation batches slow.
-    """
-
-    def __init__(
-        self,
-        n: int,
-        example_shape: Sequence[int],
-        dtype: Any,
-        gather: Callable[[np.ndarray], np.ndarray],
-        name: str,
-    ):
-        super().__init__(n, example_shape, dtype, lambda i: gather(np.array([i]))[0], name)
-        self._gather = gather
-
-    def __getitem__(self, idx: Any) -> np.ndarray:
-        if isinstance(idx, int | np.integer):
-            return self._one(int(idx))
-        idx = np.arange(self.n)[idx] if isinstance(idx, slice) else np.asarray(idx)
-        if idx.dtype == bool:
-            if idx.shape != (self.n,):
-                raise IndexError(f"boolean index of shape {idx.shape} for {self.n} examples")
-            idx = np.flatnonzero(idx)
-        idx = idx.astype(np.int64).reshape(-1)
-        if idx.size and (idx.min() < -self.n or idx.max() >= self.n):
-            raise IndexError(f"index out of range for {self.n} examples of {self.name}")
-        out = np.asarray(self._gather(np.where(idx < 0, idx + self.n, idx)), dtype=self.dtype)
-        if out.shape != (len(idx), *self.example_shape):
-            raise DataFormatError(
-                f"{self.name}: a batch has shape {out.shape}, expected "
-                f"{(len(idx), *self.example_shape)}"
-            )
-        return out
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[np.arange(self.n)]
-        return out if dtype is None else out.astype(dtype)
 
 
 def _unpickle(load: Callable[[], Any], path: str, what: str) -> Any:
@@ -478,21 +437,6 @@ def read_darcy(
     }
 
 
-def unit_gaussian_stats(x: Any, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
-    """Per-position ``(mean, std + eps)`` over axis 0, as the reference's UnitGaussianNormalizer.
-
-    Encode with ``(x - mean) / std`` and decode with ``x * std + mean``: ``eps`` is already in
-    ``std``, as in the reference's encode and decode. ``std`` is the unbiased (n − 1) estimate,
-    as ``torch.std``. Both are float32 with shape ``x.shape[1:]``.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    if len(x) < 2:
-        raise ValueError(f"need at least 2 examples for a standard deviation, got {len(x)}")
-    mean = x.mean(axis=0)
-    std = x.std(axis=0, ddof=1) + eps
-    return mean.astype(np.float32), std.astype(np.float32)
-
-
 # ---------------------------------------------------------------------------------------------
 # NinaPro
 
@@ -533,7 +477,7 @@ ECG_CLASS_STRIDES = (ECG_STRIDE, ECG_STRIDE // 6, ECG_STRIDE // 2, ECG_STRIDE //
 
 def _ecg_windows(
     records: list[np.ndarray], labels: np.ndarray, class_strides: bool, name: str
-) -> tuple[_Gathered, np.ndarray]:
+) -> tuple[LazyArray, np.ndarray]:
     """Windows of the given z-scored records as a lazy N×1×1000 array + per-window labels.
 
     Window starts are ``range(0, len - 1000, stride)`` as the reference's: the last full
@@ -558,7 +502,7 @@ def _ecg_windows(
     def gather(idx: np.ndarray) -> np.ndarray:
         return flat[starts[idx][:, None] + offsets][:, None, :]
 
-    x = _Gathered(len(starts), (1, ECG_WINDOW), np.float32, gather, name)
+    x = LazyArray(len(starts), (1, ECG_WINDOW), np.float32, name=name, gather=gather)
     return x, np.concatenate(ys) if ys else np.zeros(0, np.int32)
 
 
@@ -707,7 +651,7 @@ def read_deepsea(root: str, *, seed: int = 0) -> Splits:
         def gather(idx: np.ndarray, xs: np.ndarray = xs) -> np.ndarray:
             return np.asarray(xs[idx]).transpose(0, 2, 1)
 
-        x = _Gathered(len(xs), (4, 1000), np.float32, gather, f"{path} [{xk}]")
+        x = LazyArray(len(xs), (4, 1000), np.float32, name=f"{path} [{xk}]", gather=gather)
         out[split] = _split(x, y, path)
     return out
 
