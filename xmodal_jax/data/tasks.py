@@ -133,3 +133,116 @@ def synthetic(cfg: Any) -> Task:
         (channels, length), "classification", num_classes, target_seq_len=int(cfg.target_seq_len)
     )
     return Task("synthetic", spec, loss="ce", metric="error", load=load)
+
+
+# --- NAS-Bench-360 (spec/orca.md §5–§7; readers in data/nb360.py) ---------------------------------
+
+# CIFAR-100 channel statistics used by the reference's Normalize transform.
+_CIFAR100_MEAN = np.array([0.5071, 0.4867, 0.4408], np.float32)[:, None, None]
+_CIFAR100_STD = np.array([0.2675, 0.2565, 0.2761], np.float32)[:, None, None]
+
+
+def _manual_dir(cfg: Any) -> str:
+    root = cfg.get("data_dir", "")
+    if not root:
+        raise ValueError(f"config.task.data_dir: the manual dir with the {cfg.name} files is unset")
+    return root
+
+
+def _map_x(splits: Splits, fn: Callable[[np.ndarray], np.ndarray], shape, name: str) -> Splits:
+    """Applies ``fn`` to every batch of inputs lazily (no full-split float copy)."""
+    from xmodal_jax.data.formats import LazyArray
+
+    out = {}
+    for split, arrays in splits.items():
+        x = arrays["x"]
+        lazy = LazyArray(
+            len(x),
+            shape,
+            np.float32,
+            name=f"{name}/{split}/x",
+            gather=lambda idx, x=x: fn(np.asarray(x[idx])),
+        )
+        out[split] = {**arrays, "x": lazy}
+    return out
+
+
+def _nb360(name: str, spec_of: Callable[[Any], TaskSpec], loss: str, metric: str, **kw: Any):
+    prep = kw.pop("prep", None)
+
+    def factory(cfg: Any) -> Task:
+        from xmodal_jax.data import nb360
+
+        def load() -> Splits:
+            splits = nb360.READERS[name](_manual_dir(cfg), seed=int(cfg.get("split_seed", 0)))
+            return prep(splits) if prep else splits
+
+        return Task(name, spec_of(cfg), loss=loss, metric=metric, load=load, **kw)
+
+    register(name)(factory)
+    return factory
+
+
+def _cifar_prep(splits: Splits) -> Splits:
+    fn = lambda x: (x.astype(np.float32) / 255.0 - _CIFAR100_MEAN) / _CIFAR100_STD  # noqa: E731
+    return _map_x(splits, fn, (3, 32, 32), "cifar100")
+
+
+def _darcy_prep(splits: Splits) -> Splits:
+    """Normalises the coefficient channel with train statistics; the grid channels stay raw."""
+    from xmodal_jax.data.formats import unit_gaussian_stats
+
+    mean, std = unit_gaussian_stats(np.asarray(splits["train"]["x"][:, :1]))
+
+    def fn(x):
+        x = np.array(x, np.float32)
+        x[:, :1] = (x[:, :1] - mean) / std
+        return x
+
+    return _map_x(splits, fn, splits["train"]["x"].shape[1:], "darcy")
+
+
+_nb360(
+    "cifar100",
+    lambda c: TaskSpec((3, 32, 32), "classification", 100),
+    "ce",
+    "error",
+    prep=_cifar_prep,
+)
+_nb360("spherical", lambda c: TaskSpec((3, 60, 60), "classification", 100), "ce", "error")
+_nb360(
+    "darcy",
+    lambda c: TaskSpec((3, 85, 85), "dense", 1),
+    "relative_l2",
+    "relative_l2",
+    prep=_darcy_prep,
+    classes=False,
+    normalize_targets=True,
+)
+_nb360("ninapro", lambda c: TaskSpec((1, 16, 52), "classification", 18), "ce", "error")
+_nb360(
+    "ecg",
+    lambda c: TaskSpec(
+        (1, 1000), "classification", 4, target_seq_len=int(c.get("target_seq_len", 64))
+    ),
+    "ce",
+    "macro_f1_error",
+)
+_nb360(
+    "satellite",
+    lambda c: TaskSpec(
+        (1, 46), "classification", 24, target_seq_len=int(c.get("target_seq_len", 512))
+    ),
+    "ce",
+    "error",
+)
+_nb360(
+    "deepsea",
+    lambda c: TaskSpec(
+        (4, 1000), "multilabel", 36, target_seq_len=int(c.get("target_seq_len", 512))
+    ),
+    "bce",
+    "auroc_error",
+    classes=False,
+    loss_kwargs={"pos_weight": 4.0},
+)
