@@ -83,3 +83,18 @@ def tiny_config(tiny_bert_path):
         return c
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_swin_path(tmp_path_factory):
+    """A tiny random Swin (32 px, patch 4, two stages) saved as a HF folder."""
+    import torch
+    import transformers
+
+    cfg = transformers.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_swin")
+    transformers.SwinModel(cfg).save_pretrained(path, safe_serialization=True)
+    return str(path)

@@ -84,7 +84,7 @@ def test_embed1d_matches_torch_conv_and_uses_body_positions(minilm):
 
 
 def test_tile_patch_kernel_follows_c_mod_3():
-    k = np.random.default_rng(5).normal(size=(4, 4, 3, 8))
+    k = np.random.default_rng(5).normal(size=(4, 4, 3, 8)).astype(np.float32)
     for c_in in (1, 3, 5, 57):
         tiled = embedders.tile_patch_kernel(k, c_in)
         assert tiled.shape == (4, 4, c_in, 8)

@@ -169,12 +169,16 @@ def _map_x(splits: Splits, fn: Callable[[np.ndarray], np.ndarray], shape, name: 
 
 def _nb360(name: str, spec_of: Callable[[Any], TaskSpec], loss: str, metric: str, **kw: Any):
     prep = kw.pop("prep", None)
+    reader_keys = kw.pop("reader_keys", ())
 
     def factory(cfg: Any) -> Task:
         from xmodal_jax.data import nb360
 
+        extra = {k: cfg[k] for k in reader_keys if k in cfg}
+
         def load() -> Splits:
-            splits = nb360.READERS[name](_manual_dir(cfg), seed=int(cfg.get("split_seed", 0)))
+            seed = int(cfg.get("split_seed", 0))
+            splits = nb360.READERS[name](_manual_dir(cfg), seed=seed, **extra)
             return prep(splits) if prep else splits
 
         return Task(name, spec_of(cfg), loss=loss, metric=metric, load=load, **kw)
@@ -218,6 +222,7 @@ _nb360(
     prep=_darcy_prep,
     classes=False,
     normalize_targets=True,
+    reader_keys=("r", "ntrain", "nval", "ntest"),
 )
 _nb360("ninapro", lambda c: TaskSpec((1, 16, 52), "classification", 18), "ce", "error")
 _nb360(

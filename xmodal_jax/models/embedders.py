@@ -158,13 +158,13 @@ class Embed2D(nnx.Module):
         return tokens
 
 
-def tile_patch_kernel(kernel: np.ndarray, in_channels: int) -> np.ndarray:
+def tile_patch_kernel(kernel: Array, in_channels: int) -> Array:
     """ORCA's channel rule: target input channel ``c`` takes pretrained channel ``c mod C``.
 
     ``kernel`` is ``[..., C_pretrained, D]``; no rescaling, exactly as the reference.
     """
     idx = np.arange(in_channels) % kernel.shape[-2]
-    return np.asarray(kernel)[..., idx, :]
+    return jnp.asarray(kernel)[..., idx, :]  # jnp: also runs inside a jitted, sharded init
 
 
 def init_from_body(embedder: nnx.Module, body_embeddings: nnx.Module) -> None:
@@ -187,9 +187,7 @@ def init_from_body(embedder: nnx.Module, body_embeddings: nnx.Module) -> None:
                 f"body patch kernel {src.kernel.shape} and embedder patch kernel "
                 f"{embedder.patch.kernel.shape} differ in patch size"
             )
-        embedder.patch.kernel[...] = jnp.asarray(
-            tile_patch_kernel(np.asarray(src.kernel[...]), embedder.in_channels)
-        )
+        embedder.patch.kernel[...] = tile_patch_kernel(src.kernel[...], embedder.in_channels)
         embedder.patch.bias[...] = src.bias[...]
         if embedder.norm is not None:
             embedder.norm.scale[...] = body_embeddings.norm.scale[...]
