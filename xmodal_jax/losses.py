@@ -28,13 +28,25 @@ def cross_entropy(logits: Array, labels: Array, weights: Array | None = None) ->
 
 
 def bce_with_logits(
-    logits: Array, targets: Array, weights: Array | None = None, pos_weight: float = 1.0
+    logits: Array,
+    targets: Array,
+    weights: Array | None = None,
+    pos_weight: float = 1.0,
+    ignore: Array | None = None,
 ) -> Array:
-    """Multi-label binary cross-entropy (PyTorch ``BCEWithLogitsLoss`` with ``pos_weight``)."""
+    """Binary cross-entropy on logits (PyTorch ``BCEWithLogitsLoss`` with ``pos_weight``).
+
+    Multi-label vectors and dense masks alike; elements where ``ignore`` is 1 (Cosmic's ignore
+    mask) are left out of each example's mean.
+    """
     targets = targets.astype(logits.dtype)
     log_p, log_not_p = jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)
     per = -(pos_weight * targets * log_p + (1.0 - targets) * log_not_p)
-    return _mean(per.reshape(per.shape[0], -1).mean(-1), weights)
+    per = per.reshape(per.shape[0], -1)
+    if ignore is None:
+        return _mean(per.mean(-1), weights)
+    keep = 1.0 - ignore.reshape(per.shape).astype(per.dtype)
+    return _mean((per * keep).sum(-1) / jnp.maximum(keep.sum(-1), 1.0), weights)
 
 
 def mse(outputs: Array, targets: Array, weights: Array | None = None) -> Array:

@@ -251,3 +251,53 @@ _nb360(
     classes=False,
     loss_kwargs={"pos_weight": 4.0},
 )
+
+
+def _dense_family(name: str, module: str, spec_of, loss: str, metric: str, **kw: Any) -> None:
+    """Registers a task whose reader lives in its own module (``read_<name>``)."""
+
+    def factory(cfg: Any) -> Task:
+        import importlib
+
+        reader = getattr(importlib.import_module(f"xmodal_jax.data.{module}"), f"read_{name}")
+
+        def load() -> Splits:
+            return reader(_manual_dir(cfg), seed=int(cfg.get("split_seed", 0)))
+
+        return Task(name, spec_of(cfg), loss=loss, metric=metric, load=load, **kw)
+
+    register(name)(factory)
+
+
+# PSICOV: 57 pair-feature channels on a 512 canvas → distance map; MAE₈ needs protein lengths.
+_dense_family(
+    "psicov",
+    "psicov",
+    lambda c: TaskSpec((57, 512, 512), "dense", 1),
+    "mse",
+    "mae8",
+    classes=False,
+    metric_extras=("length",),
+)
+# Cosmic: cosmic-ray mask logits; ignored pixels are excluded from the loss and the metric.
+_dense_family(
+    "cosmic",
+    "cosmic",
+    lambda c: TaskSpec((1, 128, 128), "dense", 1),
+    "bce",
+    "pixel_auroc_error",
+    classes=False,
+    loss_extras=("ignore",),
+    metric_extras=("ignore",),
+)
+# FSD50K: 200-label chunks; a clip's score is the mean of its chunks' logits.
+_dense_family(
+    "fsd50k",
+    "fsd50k",
+    lambda c: TaskSpec((1, 96, 102), "multilabel", 200),
+    "bce",
+    "clip_map_error",
+    classes=False,
+    loss_kwargs={"pos_weight": 10.0},
+    metric_extras=("clip",),
+)
