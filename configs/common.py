@@ -34,3 +34,46 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
                     f"config arg {key}={value!r}: expected {type(default).__name__}"
                 ) from e
     return out
+
+
+def offline_recipe(config, method: str, *, epochs: float, align_steps: int, lr: float) -> None:
+    """The small-data ORCA recipe shared by the offline configs (demo, UCR, tables, PDEs).
+
+    ``method``: ``orca`` (OTDD alignment of the embedder to the text source, body frozen, then
+    full fine-tuning) or ``finetune`` (full fine-tuning only). Sets ``config.stage_order``.
+    """
+    from xmodal_jax import config_lib
+
+    if method not in ("orca", "finetune"):
+        raise ValueError(f"method={method!r}; expected 'orca' or 'finetune'")
+    order = []
+    if method == "orca":
+        config.source.update(dict(kind="text", num_classes=4, max_examples=1024, seq_len=8))
+        config_lib.add_stage(
+            config,
+            "align",
+            kind="align",
+            objective="otdd",
+            trainable=("embedder",),
+            steps=align_steps,
+            optimizer="adam",
+            lr=1e-3,
+            schedule="constant",
+            evaluate=False,
+        )
+        order.append("align")
+    config_lib.add_stage(
+        config,
+        "finetune",
+        kind="task",
+        trainable=("embedder", "body", "head"),
+        epochs=epochs,
+        optimizer="adamw",
+        lr=lr,
+        weight_decay=0.01,
+        warmup_fraction=0.1,
+        schedule="linear",
+        clip=1.0,
+    )
+    order.append("finetune")
+    config.stage_order = ",".join(order)

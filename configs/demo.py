@@ -11,7 +11,7 @@ Args: ``body`` (pretrained | random), ``layout`` (1x64 | 8x8), ``train_limit`` (
 
 from __future__ import annotations
 
-from configs.common import parse_arg
+from configs.common import offline_recipe, parse_arg
 from xmodal_jax import config_lib
 
 
@@ -34,33 +34,9 @@ def get_config(arg: str | None = None):
         )
     )
     c.data.update(dict(batch_size=32, eval_batch_size=128, val_size=0.1, prefetch=2))
-    c.source.update(dict(kind="text", num_classes=4, max_examples=1024, seq_len=8))
-    config_lib.add_stage(
-        c,
-        "align",
-        kind="align",
-        objective="otdd",
-        trainable=("embedder",),
-        steps=a.align_steps,
-        optimizer="adam",
-        lr=1e-3,
-        schedule="constant",
-        evaluate=False,
-    )
-    config_lib.add_stage(
-        c,
-        "finetune",
-        kind="task",
-        trainable=("embedder", "body", "head"),
-        epochs=a.epochs,
-        optimizer="adamw",
-        lr=1e-4,
-        weight_decay=0.01,
-        warmup_steps=20,
-        schedule="linear",
-        clip=1.0,
-    )
-    c.stage_order = "align,finetune"
+    offline_recipe(c, "orca", epochs=a.epochs, align_steps=a.align_steps, lr=1e-4)
+    c.stages.finetune.warmup_fraction = 0.0
+    c.stages.finetune.warmup_steps = 20
     c.log_every = 10
     c.eval_every = 0  # once per epoch
     c.lock()

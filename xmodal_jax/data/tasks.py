@@ -9,6 +9,7 @@ validation from train (never from test).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -301,3 +302,114 @@ _dense_family(
     loss_kwargs={"pos_weight": 10.0},
     metric_extras=("clip",),
 )
+
+
+# --- offline real data: UCR/UEA (aeon), scikit-learn tables, OpenML files, PDE solvers ----------
+
+
+def _eager(name: str, read: Callable[[], tuple[Splits, dict]], make_spec) -> Task:
+    """A task whose spec depends on the data (channels, length, classes): read once, reuse."""
+    splits, info = read()
+    return Task(
+        name,
+        make_spec(splits, info),
+        loss=info.get("loss", "ce"),
+        metric=info.get("metric", "error"),
+        load=lambda: splits,
+        classes=info.get("task", "classification") == "classification",
+    )
+
+
+def _classification_spec(cfg: Any):
+    def make(splits: Splits, info: dict) -> TaskSpec:
+        x = splits["train"]["x"]
+        tsl = int(cfg.get("target_seq_len", 64))
+        if info.get("task", "classification") == "regression":
+            return TaskSpec(tuple(x.shape[1:]), "regression", 1, target_seq_len=tsl)
+        return TaskSpec(
+            tuple(x.shape[1:]), "classification", len(info["classes"]), target_seq_len=tsl
+        )
+
+    return make
+
+
+@register("ucr")
+def ucr(cfg: Any) -> Task:
+    """Any UCR/UEA time-series dataset bundled in the ``aeon`` wheel, by ``cfg.dataset``."""
+    from xmodal_jax.data import offline
+
+    max_len = int(cfg.get("max_length", 0)) or None
+    return _eager(
+        f"ucr/{cfg.dataset}",
+        lambda: offline.load_ucr(cfg.dataset, max_length=max_len),
+        _classification_spec(cfg),
+    )
+
+
+@register("tabular")
+def tabular(cfg: Any) -> Task:
+    """A scikit-learn bundled table (``cfg.dataset``) or a local OpenML ARFF/CSV (``cfg.file``)."""
+    from xmodal_jax.data import offline
+
+    if cfg.get("file", ""):
+        target = cfg.get("target", "") or None
+        read = lambda: offline.load_openml_file(cfg.file, target=target)  # noqa: E731
+        name = f"tabular/{cfg.file}"
+    else:
+        read = lambda: offline.load_sklearn_table(cfg.dataset)  # noqa: E731
+        name = f"tabular/{cfg.dataset}"
+    return _eager(name, read, _classification_spec(cfg))
+
+
+@register("pdebench")
+def pdebench(cfg: Any) -> Task:
+    """A PDEBench task (``cfg.pde``) from the original HDF5 file under ``cfg.data_dir``.
+
+    Files written by ``xmodal-make-pde`` (real numerical solvers) have the same layout. 1D
+    fields map to a text body; 2D fields need a vision body, or ``cfg.flatten`` (row-major
+    ``C×(H·W)`` signals) to run on a text body.
+    """
+    from xmodal_jax.data import pdebench as pde
+
+    if cfg.pde not in pde.PDE_TASKS:
+        raise ValueError(f"config.task.pde={cfg.pde!r}; expected one of {sorted(pde.PDE_TASKS)}")
+    info = pde.PDE_TASKS[cfg.pde]
+    path = os.path.join(_manual_dir(cfg), info["file"])
+    splits = pde.read_pdebench(path, cfg.pde, seed=int(cfg.get("split_seed", 0)))
+    flatten = bool(cfg.get("flatten", False)) and splits["train"]["x"].ndim == 4
+    if flatten:
+        splits = {
+            s: {k: _flat_lazy(v) if k in ("x", "y") else v for k, v in a.items()}
+            for s, a in splits.items()
+        }
+    x, y = splits["train"]["x"], splits["train"]["y"]
+    spec = TaskSpec(
+        tuple(x.shape[1:]),
+        "dense",
+        int(y.shape[1]),
+        target_seq_len=int(cfg.get("target_seq_len", info.get("tsl", 128))),
+        output_hw=None if len(x.shape) == 3 else tuple(y.shape[2:]),
+    )
+    loss = "nrmse" if info.get("loss", "nrmse") == "nrmse" else "mse"
+    return Task(
+        f"pdebench/{cfg.pde}",
+        spec,
+        loss=loss,
+        metric="nrmse",
+        load=lambda: splits,
+        classes=False,
+        normalize_targets=bool(info.get("normalize", False)),
+    )
+
+
+def _flat_lazy(a):
+    from xmodal_jax.data.formats import LazyArray
+
+    c = a.shape[1]
+    return LazyArray(
+        len(a),
+        (c, int(np.prod(a.shape[2:]))),
+        np.float32,
+        name="flattened",
+        gather=lambda idx: np.asarray(a[idx]).reshape(len(idx), c, -1),
+    )

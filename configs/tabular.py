@@ -1,0 +1,41 @@
+"""Tabular rows as 1×F signals: scikit-learn's bundled tables or a local OpenML ARFF/CSV file.
+
+``xmodal-train --config configs/tabular.py:name=breast_cancer --workdir runs/bc``
+``xmodal-train --config configs/tabular.py:file=/data/credit-g.arff,target=class --workdir …``
+
+Args: ``name`` (iris | wine | breast_cancer | diabetes), ``file`` / ``target`` (an OpenML-CC18
+style file and its target column; default the last column), ``method`` (orca | finetune),
+``body``, ``epochs``, ``batch``, ``seed``.
+"""
+
+from __future__ import annotations
+
+from configs.common import offline_recipe, parse_arg
+from xmodal_jax import config_lib
+
+
+def get_config(arg: str | None = None):
+    """ORCA on one table; each feature becomes one token (target_seq_len = number of features)."""
+    a = parse_arg(
+        arg,
+        name="breast_cancer",
+        file="",
+        target="",
+        method="orca",
+        body="",
+        epochs=20.0,
+        batch=16,
+        seed=0,
+        align_steps=40,
+    )
+    c = config_lib.base_config()
+    c.seed = a.seed
+    c.body.path = a.body
+    c.task.update(
+        dict(name="tabular", dataset=a.name, file=a.file, target=a.target, target_seq_len=512)
+    )
+    c.data.update(dict(batch_size=a.batch, eval_batch_size=64, val_size=0.15, prefetch=2))
+    offline_recipe(c, a.method, epochs=a.epochs, align_steps=a.align_steps, lr=1e-4)
+    c.log_every = 10
+    c.lock()
+    return c
