@@ -98,6 +98,30 @@ class MLP(nnx.Module):
         return self.fc2(activation(self.act_name)(self.fc1(x)))
 
 
+class Body(nnx.Module):
+    """A pretrained body: ``embeddings`` (its input layer, the source embedder) + ``encoder``.
+
+    Cross-modal transfer feeds ``encoder`` with tokens from a new embedder, so the two are
+    separate submodules of every body. ``token_dim`` / ``output_dim`` are the feature sizes of the
+    tokens the encoder takes and returns (equal, except for hierarchical bodies such as Swin).
+    """
+
+    def __init__(self, cfg, embeddings: nnx.Module, encoder: nnx.Module):
+        self.cfg = cfg
+        self.embeddings = embeddings
+        self.encoder = encoder
+
+    @property
+    def token_dim(self) -> int:
+        """Feature size of the tokens the encoder takes."""
+        return self.cfg.hidden_size
+
+    @property
+    def output_dim(self) -> int:
+        """Feature size of the encoder's output tokens."""
+        return self.cfg.hidden_size
+
+
 def adaptive_avg_pool_1d(x: Array, out_size: int, axis: int = -1) -> Array:
     """PyTorch ``AdaptiveAvgPool1d`` along ``axis``: bin i averages [⌊i·n/m⌋, ⌈(i+1)·n/m⌉).
 

@@ -140,7 +140,7 @@ class TextEncoder(nnx.Module):
         return tokens
 
 
-class TextModel(nnx.Module):
+class TextModel(layers.Body):
     """A BERT/RoBERTa body: ``embeddings`` (source embedder) + ``encoder`` (the transferred stack).
 
     Called with the HF input names it returns the last hidden state ``[B, L, D]``, which is what
@@ -148,19 +148,7 @@ class TextModel(nnx.Module):
     """
 
     def __init__(self, cfg: TextConfig, rngs: nnx.Rngs):
-        self.cfg = cfg
-        self.embeddings = TextEmbeddings(cfg, rngs)
-        self.encoder = TextEncoder(cfg, rngs)
-
-    @property
-    def token_dim(self) -> int:
-        """Feature size of the tokens the encoder takes."""
-        return self.cfg.hidden_size
-
-    @property
-    def output_dim(self) -> int:
-        """Feature size of the encoder's output tokens."""
-        return self.cfg.hidden_size
+        super().__init__(cfg, TextEmbeddings(cfg, rngs), TextEncoder(cfg, rngs))
 
     def __call__(
         self,

@@ -229,7 +229,7 @@ class ViTEncoder(nnx.Module):
         return self.norm(tokens)
 
 
-class ViTModel(nnx.Module):
+class ViTModel(layers.Body):
     """A ViT body: ``embeddings`` (source embedder) + ``encoder`` (the transferred stack).
 
     ``model(pixel_values)`` with NCHW floats returns ``[B, 1 + N, D]`` (class token first, after the
@@ -237,19 +237,7 @@ class ViTModel(nnx.Module):
     """
 
     def __init__(self, cfg: ViTConfig, rngs: nnx.Rngs):
-        self.cfg = cfg
-        self.embeddings = ViTEmbeddings(cfg, rngs)
-        self.encoder = ViTEncoder(cfg, rngs)
-
-    @property
-    def token_dim(self) -> int:
-        """Feature size of the tokens the encoder takes."""
-        return self.cfg.hidden_size
-
-    @property
-    def output_dim(self) -> int:
-        """Feature size of the encoder's output tokens."""
-        return self.cfg.hidden_size
+        super().__init__(cfg, ViTEmbeddings(cfg, rngs), ViTEncoder(cfg, rngs))
 
     def __call__(self, pixel_values: Array) -> Array:
         return self.encoder(self.embeddings(pixel_values))
@@ -534,7 +522,7 @@ class SwinEncoder(nnx.Module):
         return self.norm(tokens)
 
 
-class SwinModel(nnx.Module):
+class SwinModel(layers.Body):
     """A Swin body: ``embeddings`` (source embedder) + ``encoder`` (the transferred stack).
 
     ``model(pixel_values)`` with NCHW floats of any size returns HF ``SwinModel``'s
@@ -542,9 +530,7 @@ class SwinModel(nnx.Module):
     """
 
     def __init__(self, cfg: SwinConfig, rngs: nnx.Rngs):
-        self.cfg = cfg
-        self.embeddings = SwinEmbeddings(cfg, rngs)
-        self.encoder = SwinEncoder(cfg, rngs)
+        super().__init__(cfg, SwinEmbeddings(cfg, rngs), SwinEncoder(cfg, rngs))
 
     @property
     def token_dim(self) -> int:
