@@ -71,12 +71,20 @@ def nrmse(outputs: Array, targets: Array, weights: Array | None = None) -> Array
     return _mean(err / jnp.maximum(ref, 1e-12), weights)
 
 
+def rmse(outputs: Array, targets: Array, weights: Array | None = None) -> Array:
+    """Mean over examples of each example's RMSE (the reference's PDE ``rmse_loss``)."""
+    b = outputs.shape[0]
+    per = jnp.sqrt(jnp.mean(jnp.square(outputs - targets).reshape(b, -1), axis=-1))
+    return _mean(per, weights)
+
+
 LOSSES: dict[str, Callable[..., Array]] = {
     "ce": cross_entropy,
     "bce": bce_with_logits,
     "mse": mse,
     "relative_l2": relative_l2,
     "nrmse": nrmse,
+    "rmse": rmse,
 }
 
 

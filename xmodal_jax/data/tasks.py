@@ -361,44 +361,53 @@ def tabular(cfg: Any) -> Task:
     return _eager(name, read, _classification_spec(cfg))
 
 
+# ORCA's target sequence lengths for the 1D PDEs (spec/orca.md §5).
+_PDE_TSL = {
+    "advection": 512,
+    "burgers": 128,
+    "diffusion_sorption": 32,
+    "reaction_diffusion_1d": 256,
+    "cfd_1d": 128,
+}
+
+
 @register("pdebench")
 def pdebench(cfg: Any) -> Task:
     """A PDEBench task (``cfg.pde``) from the original HDF5 file under ``cfg.data_dir``.
 
     Files written by ``xmodal-make-pde`` (real numerical solvers) have the same layout. 1D
     fields map to a text body; 2D fields need a vision body, or ``cfg.flatten`` (row-major
-    ``C×(H·W)`` signals) to run on a text body.
+    ``C×(H·W)`` signals) to run on a text body. The CFD readers normalise x and y themselves (as
+    the reference), so their loss and metric are in normalised units.
     """
     from xmodal_jax.data import pdebench as pde
 
     if cfg.pde not in pde.PDE_TASKS:
         raise ValueError(f"config.task.pde={cfg.pde!r}; expected one of {sorted(pde.PDE_TASKS)}")
     info = pde.PDE_TASKS[cfg.pde]
-    path = os.path.join(_manual_dir(cfg), info["file"])
+    path = os.path.join(_manual_dir(cfg), info.file)
     splits = pde.read_pdebench(path, cfg.pde, seed=int(cfg.get("split_seed", 0)))
-    flatten = bool(cfg.get("flatten", False)) and splits["train"]["x"].ndim == 4
-    if flatten:
+    if bool(cfg.get("flatten", False)) and splits["train"]["x"].ndim == 4:
         splits = {
             s: {k: _flat_lazy(v) if k in ("x", "y") else v for k, v in a.items()}
             for s, a in splits.items()
         }
     x, y = splits["train"]["x"], splits["train"]["y"]
+    tsl = int(cfg.get("target_seq_len", 0)) or _PDE_TSL.get(cfg.pde, 128)
     spec = TaskSpec(
         tuple(x.shape[1:]),
         "dense",
         int(y.shape[1]),
-        target_seq_len=int(cfg.get("target_seq_len", info.get("tsl", 128))),
+        target_seq_len=tsl,
         output_hw=None if len(x.shape) == 3 else tuple(y.shape[2:]),
     )
-    loss = "nrmse" if info.get("loss", "nrmse") == "nrmse" else "mse"
     return Task(
         f"pdebench/{cfg.pde}",
         spec,
-        loss=loss,
+        loss=info.loss,
         metric="nrmse",
         load=lambda: splits,
         classes=False,
-        normalize_targets=bool(info.get("normalize", False)),
     )
 
 
