@@ -73,3 +73,26 @@ def test_darcy_dense_with_target_normaliser(tmp_path, tiny_swin_path):
     )
     res = train_lib.train(cfg, str(tmp_path / "run"), verbose=False)
     assert np.isfinite(res["test_last"]) and res["metric"] == "relative_l2"
+
+
+def _offline(config_module, arg, body, steps=4):
+    c = config_module.get_config(arg)
+    c.unlock()
+    c.body.path = body
+    c.data.batch_size = 8
+    c.source.max_examples = 64
+    c.log_every = 2
+    c.eval_every = steps
+    for name in config_lib.stage_names(c):
+        c.stages[name].steps = steps
+    return c
+
+
+def test_pde_solver_files_train_end_to_end(tmp_path, tiny_bert_path):
+    from configs import pdebench as pde_config
+    from xmodal_jax.data import pde_solvers
+
+    pde_solvers.write_dataset("advection", 40, 64, str(tmp_path), seed=0)
+    cfg = _offline(pde_config, f"pde=advection,data_dir={tmp_path},tsl=16", tiny_bert_path)
+    res = train_lib.train(cfg, str(tmp_path / "run"), verbose=False)
+    assert res["metric"] == "nrmse" and np.isfinite(res["test_best"])
