@@ -96,3 +96,32 @@ def test_pde_solver_files_train_end_to_end(tmp_path, tiny_bert_path):
     cfg = _offline(pde_config, f"pde=advection,data_dir={tmp_path},tsl=16", tiny_bert_path)
     res = train_lib.train(cfg, str(tmp_path / "run"), verbose=False)
     assert res["metric"] == "nrmse" and np.isfinite(res["test_best"])
+
+
+def test_ucr_gunpoint_trains_end_to_end(tmp_path, tiny_bert_path):
+    from configs import ucr
+
+    cfg = _offline(ucr, "name=GunPoint,tsl=30", tiny_bert_path)
+    res = train_lib.train(cfg, str(tmp_path / "run"), verbose=False)
+    assert res["task"] == "ucr/GunPoint" and 0 <= res["test_best"] <= 100
+
+
+def test_tabular_tables_train_end_to_end(tmp_path, tiny_bert_path):
+    from configs import tabular
+
+    cfg = _offline(tabular, "name=iris,method=finetune", tiny_bert_path)
+    res = train_lib.train(cfg, str(tmp_path / "iris"), verbose=False)
+    assert res["task"] == "tabular/iris" and 0 <= res["test_best"] <= 100
+    cfg = _offline(tabular, "name=diabetes,method=finetune", tiny_bert_path)
+    run = train_lib.setup(cfg)
+    assert run.task.spec.output == "regression" and run.task.normalize_targets
+
+
+def test_deepsea_multilabel_auroc(tmp_path, tiny_bert_path):
+    np.savez(tmp_path / "deepsea_filtered.npz", **files._deepsea_arrays(sizes=(32, 16, 16)))
+    cfg = _config(
+        f"task=deepsea,method=orca,data_dir={tmp_path}", tiny_bert_path, target_seq_len=40
+    )
+    cfg.source.max_examples = 64
+    res = train_lib.train(cfg, str(tmp_path / "run"), verbose=False)
+    assert res["metric"] == "auroc_error" and 0 <= res["test_last"] <= 1

@@ -317,6 +317,7 @@ def _eager(name: str, read: Callable[[], tuple[Splits, dict]], make_spec) -> Tas
         metric=info.get("metric", "error"),
         load=lambda: splits,
         classes=info.get("task", "classification") == "classification",
+        normalize_targets=bool(info.get("normalize_targets", False)),
     )
 
 
