@@ -125,3 +125,27 @@ def test_deepsea_multilabel_auroc(tmp_path, tiny_bert_path):
     cfg.source.max_examples = 64
     res = train_lib.train(cfg, str(tmp_path / "run"), verbose=False)
     assert res["metric"] == "auroc_error" and 0 <= res["test_last"] <= 1
+
+
+@pytest.mark.parametrize(
+    "pde,extra", [("burgers", ""), ("reaction_diffusion_1d", ""), ("darcy_pdebench", ",flatten")]
+)
+def test_every_solver_dataset_trains(tmp_path, tiny_bert_path, pde, extra):
+    from configs import pdebench as pde_config
+    from xmodal_jax.data import pde_solvers
+
+    res_x = 16 if pde == "darcy_pdebench" else 64
+    pde_solvers.write_dataset(pde, 24, res_x, str(tmp_path), seed=0)
+    cfg = _offline(
+        pde_config, f"pde={pde},data_dir={tmp_path},tsl=64,method=finetune{extra}", tiny_bert_path
+    )
+    res = train_lib.train(cfg, str(tmp_path / "run"), verbose=False)
+    assert np.isfinite(res["test_last"])
+
+
+def test_digits_demo_config_trains(tmp_path, tiny_bert_path):
+    from configs import demo
+
+    cfg = _offline(demo, "train_limit=200", tiny_bert_path)
+    res = train_lib.train(cfg, str(tmp_path / "run"), verbose=False)
+    assert res["task"] == "digits" and 0 <= res["test_best"] <= 100
