@@ -40,6 +40,15 @@ def stage_defaults() -> dict[str, Any]:
         otdd_epsilon=0.1,
         pseudo_label_k=10,
         evaluate=True,
+        # MoNA (kind="mona"): θ' = θ − inner_lr·∇θ L_in, inner_steps times, on the body leaves
+        # matching inner_params; J = L_in + meta_lambda·(align + uniformity(t)).
+        inner_lr=1e-4,
+        inner_steps=1,
+        inner_params=".*",
+        meta_lambda=0.4,
+        meta_grad="exact",  # exact | first_order | taylor
+        uniformity_t=2.0,
+        fd_epsilon=0.01,
     )
 
 
@@ -151,6 +160,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             errors.append(f"{where}lr: must be > 0, got {get('lr')!r}")
         if get("steps", 0) <= 0 and not get("epochs", 0) > 0:
             errors.append(f"{where}epochs/steps: one of them must be > 0")
+        if get("meta_grad") in ("stop_gradient", "fomaml"):
+            errors.append(
+                f"{where}meta_grad: {get('meta_grad')!r} is rejected: stopping the gradient "
+                "through the inner step makes L_out(θ') independent of the embedder, so the meta "
+                "term is identically zero; use exact, first_order (finite differences) or taylor"
+            )
+        elif get("meta_grad") not in ("exact", "first_order", "taylor"):
+            errors.append(f"{where}meta_grad: {get('meta_grad')!r} not in exact|first_order|taylor")
         if not (isinstance(get("accum"), int) and get("accum") >= 1):
             errors.append(f"{where}accum: must be an int ≥ 1, got {get('accum')!r}")
     if config.body.init not in ("pretrained", "random"):

@@ -303,6 +303,7 @@ class StageBatches:
                 seed=seed + 1000 * i,
                 prefetch=prefetch,
                 state=None if state is None else state[prefix],
+                balanced=prefix in stage.balanced,
             )
             for i, (prefix, arrays) in enumerate(sorted(stage.datasets.items()))
         }

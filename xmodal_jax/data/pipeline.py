@@ -27,6 +27,36 @@ def _check(arrays: Arrays) -> int:
     return next(iter(sizes.values()))
 
 
+def class_balanced_indices(labels: np.ndarray, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """``batch`` indices: P classes × Q ≥ 2 examples each, so same-class pairs always exist."""
+    classes = np.unique(labels)
+    p = max(1, min(len(classes), batch // 2))
+    q = batch // p
+    chosen = rng.choice(classes, p, replace=False)
+    idx = [rng.choice(np.flatnonzero(labels == c), q, replace=True) for c in chosen]
+    rest = batch - p * q  # batch not a multiple of p: top up from the first class
+    idx.append(rng.choice(np.flatnonzero(labels == chosen[0]), rest, replace=True))
+    return np.concatenate(idx)
+
+
+class _BalancedBatches:
+    """Random-access source: step ``i`` → this process's rows of a class-balanced global batch."""
+
+    def __init__(self, arrays: Arrays, global_batch: int, seed: int, label: str = "y"):
+        _check(arrays)
+        self.arrays, self.global_batch, self.seed = arrays, global_batch, seed
+        self.labels = np.asarray(arrays[label])
+        self.rows = parallel.process_slice(global_batch)
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, int(i)])
+        idx = class_balanced_indices(self.labels, self.global_batch, rng)[self.rows]
+        return {k: v[idx] for k, v in self.arrays.items()}
+
+
 class _TrainBatches:
     """Random-access source: global step ``i`` → this process's rows of that global batch."""
 
@@ -66,14 +96,20 @@ def train_iterator(
     shuffle: bool = True,
     prefetch: int = 2,
     state: dict | None = None,
+    balanced: bool = False,
 ) -> grain.DatasetIterator:
     """An endless Grain iterator of this process's share of each global batch.
 
     Epochs are reshuffled with ``(seed, epoch)``, the last incomplete batch of each epoch is
     dropped, and ``prefetch`` batches are prepared in background threads. ``state`` (from
-    ``iterator.get_state()``) resumes exactly where a checkpoint left off.
+    ``iterator.get_state()``) resumes exactly where a checkpoint left off. ``balanced`` draws
+    each batch class-balanced on ``arrays["y"]`` instead (with replacement, seeded per step).
     """
-    source = _TrainBatches(arrays, global_batch, seed, shuffle)
+    source = (
+        _BalancedBatches(arrays, global_batch, seed)
+        if balanced
+        else _TrainBatches(arrays, global_batch, seed, shuffle)
+    )
     ds = grain.MapDataset.source(source).to_iter_dataset(
         grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
     )

@@ -56,6 +56,9 @@ class Stage:
     loss_fn: LossFn | None = None
     grad_fn: GradFn | None = None
     evaluate: bool = True  # run the task evaluation on validation during this stage
+    # Dataset prefixes drawn class-balanced on their "y" (P classes × Q ≥ 2 per batch), e.g.
+    # MoNA's source batches, whose alignment loss needs same-class pairs.
+    balanced: tuple[str, ...] = ()
 
     def __post_init__(self):
         if (self.loss_fn is None) == (self.grad_fn is None):

@@ -1,0 +1,257 @@
+"""MoNA: meta-learned modality-knowledge alignment of the target embedder (spec/mona.md).
+
+One meta-step, for target batch B_t and class-balanced source batch B_s:
+
+    θ'   = θ − α ∇_θ L_in(φ, θ, ψ; B_t)                       (K virtual SGD steps, discarded)
+    J    = L_in(φ, θ, ψ; B_t) + λ · L_out(θ'(φ, ψ); B_s)      (alignment + uniformity of the
+                                                              source features under g_θ')
+    (φ, ψ) ← optimiser(∇_{φ,ψ} J)
+
+``meta_grad="exact"`` differentiates J with ``jax.grad`` through the inner ``jax.grad``
+(reverse-over-reverse, exact second order). ``"first_order"`` replaces the mixed second derivative
+by a central finite difference of ∇_{φ,ψ}L_in along g' = ∇_θ L_out(θ') (DARTS), ``"taylor"``
+evaluates g at θ instead of θ'. Everything here is a pure function of plain params pytrees.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from xmodal_jax.methods.base import Context, Stage
+from xmodal_jax.methods.finetune import task_loss_fn
+from xmodal_jax.models.crossmodal import apply
+from xmodal_jax.models.heads import masked_mean
+
+Array = jax.Array
+Params = dict[str, Any]
+META_GRADS = ("exact", "first_order", "taylor")
+META_GROUPS = ("embedder", "head")  # what the meta-step trains; θ stays fixed (spec §4.2)
+
+
+def inner_mask(body: Params, pattern: str) -> Params:
+    """1.0 for body leaves whose ``/``-joined path matches ``pattern`` (the inner-step subset)."""
+    rx = re.compile(pattern)
+    flat = traverse_util.flatten_dict(body)
+    return traverse_util.unflatten_dict(
+        {k: 1.0 if rx.search("/".join(map(str, k))) else 0.0 for k in flat}
+    )
+
+
+def inner_update(
+    loss_fn: Callable,
+    params: Params,
+    batch: dict,
+    rng: Array,
+    *,
+    alpha: float,
+    steps: int = 1,
+    mask: Params | None = None,
+) -> Params:
+    """θ' after ``steps`` virtual SGD steps of the body on the target loss (differentiable).
+
+    ``mask`` (from :func:`inner_mask`) restricts the step to a subset of body leaves; the rest
+    keep θ. The result is differentiable w.r.t. every other group of ``params``.
+    """
+    body = params["body"]
+    for k in range(steps):
+
+        def loss_of_body(b, k=k):
+            return loss_fn({**params, "body": b}, batch, jax.random.fold_in(rng, k))[0]
+
+        grads = jax.grad(loss_of_body)(body)
+        if mask is None:
+            body = jax.tree.map(lambda p, g: p - alpha * g, body, grads)
+        else:
+            body = jax.tree.map(lambda p, g, m: p - alpha * m * g, body, grads, mask)
+    return body
+
+
+def alignment_uniformity(z: Array, labels: Array, t: float = 2.0) -> tuple[Array, Array]:
+    """Wang & Isola's losses on ℓ2-normalised features ``z`` ``[N, D]``.
+
+    Alignment: mean squared distance over same-class pairs i ≠ j (0 if there are none).
+    Uniformity: log of the mean over i ≠ j of exp(−t·‖z_i − z_j‖²).
+    """
+    z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+    d = jnp.sum(jnp.square(z[:, None, :] - z[None, :, :]), axis=-1)
+    off = 1.0 - jnp.eye(z.shape[0], dtype=z.dtype)
+    pos = (labels[:, None] == labels[None, :]).astype(z.dtype) * off
+    align = jnp.sum(d * pos) / jnp.maximum(jnp.sum(pos), 1.0)
+    # log-mean-exp over off-diagonal pairs, stably.
+    logits = jnp.where(off > 0, -t * d, -jnp.inf)
+    unif = jax.nn.logsumexp(logits) - jnp.log(jnp.sum(off))
+    return align, unif
+
+
+def source_features(graphdef: Any, params: Params, source: dict) -> Array:
+    """Mean-pooled body features of a source batch through the frozen source embedder.
+
+    ``source`` holds ``input_ids``/``attention_mask`` (text), ``pixel_values`` (vision), or
+    precomputed ``tokens`` (ORCA's text proxy, fed straight to the body).
+    """
+    if "tokens" in source:
+        feats = apply(graphdef, params, source["tokens"], method="encode")
+        return masked_mean(feats, None)
+    if "input_ids" in source:
+        mask = source["attention_mask"]
+        feats = apply(
+            graphdef,
+            params,
+            method="source_features",
+            input_ids=source["input_ids"],
+            attention_mask=mask,
+        )
+        return masked_mean(feats, mask)
+    feats = apply(graphdef, params, method="source_features", pixel_values=source["pixel_values"])
+    return masked_mean(feats, None)
+
+
+def outer_loss(graphdef: Any, params: Params, source: dict, t: float = 2.0) -> Array:
+    """L_out = alignment + uniformity of the source features under ``params["body"]``."""
+    align, unif = alignment_uniformity(source_features(graphdef, params, source), source["y"], t)
+    return align + unif
+
+
+def meta_objective(
+    trainable: Params,
+    params: Params,
+    target: dict,
+    source: dict,
+    rng: Array,
+    *,
+    graphdef: Any,
+    loss_fn: Callable,
+    alpha: float,
+    lam: float,
+    steps: int = 1,
+    mask: Params | None = None,
+    t: float = 2.0,
+) -> tuple[Array, dict]:
+    """J(φ, ψ) = L_in + λ·L_out(θ'(φ, ψ)): a pure function of the trainable groups."""
+    p = {**params, **trainable}
+    l_in = loss_fn(p, target, rng)[0]
+    body = inner_update(loss_fn, p, target, rng, alpha=alpha, steps=steps, mask=mask)
+    l_out = outer_loss(graphdef, {**p, "body": body}, source, t)
+    return l_in + lam * l_out, {"inner_loss": l_in, "outer_loss": l_out}
+
+
+def meta_grad(
+    trainable: Params,
+    params: Params,
+    target: dict,
+    source: dict,
+    rng: Array,
+    *,
+    mode: str = "exact",
+    fd_epsilon: float = 0.01,
+    **kw: Any,
+) -> tuple[Array, dict, Params]:
+    """``(J, aux, ∇_{trainable} J)`` by the exact meta-gradient or a first-order surrogate.
+
+    ``first_order``: ∇J ≈ ∇L_in(θ) − λα[∇L_in(θ + εg') − ∇L_in(θ − εg')]/(2ε) with g' = ∇_θ
+    L_out(θ'), ε = fd_epsilon/‖g'‖ (K = 1). ``taylor``: the same with g evaluated at θ.
+    """
+    if mode == "exact":
+        (value, aux), grads = jax.value_and_grad(meta_objective, has_aux=True)(
+            trainable, params, target, source, rng, **kw
+        )
+        return value, aux, grads
+    if mode not in META_GRADS:
+        raise ValueError(f"meta_grad={mode!r}; expected one of {META_GRADS}")
+    graphdef, loss_fn = kw["graphdef"], kw["loss_fn"]
+    alpha, lam, mask, t = kw["alpha"], kw["lam"], kw.get("mask"), kw.get("t", 2.0)
+    p = {**params, **trainable}
+
+    def l_in_of(tr, body):
+        return loss_fn({**p, **tr, "body": body}, target, rng)[0]
+
+    l_in, g_direct = jax.value_and_grad(l_in_of)(trainable, p["body"])
+    body_at = (
+        inner_update(loss_fn, p, target, rng, alpha=alpha, steps=1, mask=mask)
+        if mode == "first_order"
+        else p["body"]
+    )
+    l_out, g_out = jax.value_and_grad(lambda b: outer_loss(graphdef, {**p, "body": b}, source, t))(
+        jax.lax.stop_gradient(body_at)
+    )
+    if mask is not None:
+        g_out = jax.tree.map(lambda g, m: g * m, g_out, mask)
+    eps = fd_epsilon / jnp.maximum(
+        jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(g_out))), 1e-12
+    )
+    plus = jax.tree.map(lambda b, g: b + eps * g, p["body"], g_out)
+    minus = jax.tree.map(lambda b, g: b - eps * g, p["body"], g_out)
+    g_plus = jax.grad(l_in_of)(trainable, plus)
+    g_minus = jax.grad(l_in_of)(trainable, minus)
+    grads = jax.tree.map(
+        lambda d, a, b: d - lam * alpha * (a - b) / (2.0 * eps), g_direct, g_plus, g_minus
+    )
+    return l_in + lam * l_out, {"inner_loss": l_in, "outer_loss": l_out}, grads
+
+
+def mona_stage(name: str, cfg: Any, ctx: Context) -> Stage:
+    """The MoNA meta-alignment stage: (φ, ψ) trained by the meta-gradient, θ fixed."""
+    if ctx.source is None:
+        raise ValueError(f"stages.{name}: MoNA needs labelled source data (config.source)")
+    trainable = tuple(g for g in cfg.trainable if g in META_GROUPS)
+    if set(cfg.trainable) - set(META_GROUPS):
+        raise ValueError(
+            f"stages.{name}.trainable={list(cfg.trainable)}: the MoNA stage trains only "
+            f"{META_GROUPS} (the body is the inner-step variable, fixed between meta-steps)"
+        )
+    loss_fn = task_loss_fn(ctx)
+    mode = cfg.meta_grad
+    steps = int(cfg.inner_steps)
+    if mode != "exact" and steps != 1:
+        raise ValueError(f"stages.{name}: meta_grad={mode!r} is defined for inner_steps=1 only")
+    source = {
+        k: v
+        for k, v in ctx.source.items()
+        if k in ("input_ids", "attention_mask", "pixel_values", "tokens", "y")
+    }
+    kw = dict(
+        graphdef=ctx.graphdef,
+        loss_fn=loss_fn,
+        alpha=float(cfg.inner_lr),
+        lam=float(cfg.meta_lambda),
+        steps=steps,
+        t=float(cfg.uniformity_t),
+    )
+    pattern = cfg.inner_params
+
+    def grad_fn(params, batch, rng):
+        target = {k: v for k, v in batch.items() if not k.startswith("src_")}
+        src = {k[len("src_") :]: v for k, v in batch.items() if k.startswith("src_")}
+        mask = None if pattern in ("", ".*") else inner_mask(params["body"], pattern)
+        tr = {g: params[g] for g in trainable if g in params}
+        value, aux, grads = meta_grad(
+            tr,
+            params,
+            target,
+            src,
+            rng,
+            mode=mode,
+            fd_epsilon=float(cfg.fd_epsilon),
+            mask=mask,
+            **kw,
+        )
+        full = {
+            g: grads[g] if g in grads else jax.tree.map(jnp.zeros_like, p)
+            for g, p in params.items()
+        }
+        return value, aux, full
+
+    return Stage(
+        name,
+        trainable,
+        {"": ctx.splits["train"], "src_": source},
+        grad_fn=grad_fn,
+        evaluate=bool(cfg.get("evaluate", False)),
+        balanced=("src_",),
+    )
