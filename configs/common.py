@@ -40,14 +40,15 @@ def offline_recipe(config, method: str, *, epochs: float, align_steps: int, lr: 
     """The small-data ORCA recipe shared by the offline configs (demo, UCR, tables, PDEs).
 
     ``method``: ``orca`` (OTDD alignment of the embedder to the text source, body frozen, then
-    full fine-tuning) or ``finetune`` (full fine-tuning only). Sets ``config.stage_order``.
+    full fine-tuning), ``mona`` (the same warm-up, then MoNA meta-alignment, then fine-tuning) or
+    ``finetune`` (full fine-tuning only). Sets ``config.stage_order``.
     """
     from xmodal_jax import config_lib
 
-    if method not in ("orca", "finetune"):
-        raise ValueError(f"method={method!r}; expected 'orca' or 'finetune'")
+    if method not in ("orca", "finetune", "mona"):
+        raise ValueError(f"method={method!r}; expected 'orca', 'mona' or 'finetune'")
     order = []
-    if method == "orca":
+    if method in ("orca", "mona"):
         config.source.update(dict(kind="text", num_classes=4, max_examples=1024, seq_len=8))
         config_lib.add_stage(
             config,
@@ -62,6 +63,23 @@ def offline_recipe(config, method: str, *, epochs: float, align_steps: int, lr: 
             evaluate=False,
         )
         order.append("align")
+    if method == "mona":
+        # MoNA (spec/mona.md §4): meta-align (φ, ψ) with θ fixed at the pretrained weights, so
+        # that the fine-tuning step it simulates keeps the source features organised.
+        config_lib.add_stage(
+            config,
+            "mona",
+            kind="mona",
+            trainable=("embedder", "head"),
+            steps=align_steps,
+            optimizer="adam",
+            lr=3e-4,
+            schedule="constant",
+            inner_lr=lr,
+            meta_lambda=0.4,
+            evaluate=False,
+        )
+        order.append("mona")
     config_lib.add_stage(
         config,
         "finetune",

@@ -6,7 +6,7 @@ layer); the body is frozen. Stage 2 (``finetune``): embedder, body and head trai
 ``configs/demo.py:body=random`` runs the same recipe from a randomly initialised body.
 
 Args: ``body`` (pretrained | random), ``layout`` (1x64 | 8x8), ``train_limit`` (0 = all),
-``epochs`` (fine-tune epochs), ``align_steps``, ``seed``.
+``epochs`` (fine-tune epochs), ``align_steps``, ``seed``, ``method`` (orca | mona | finetune).
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from xmodal_jax import config_lib
 def get_config(arg: str | None = None):
     """Digits as 8 channels × 8 samples, 10 % val carved from train, OTDD alignment, fine-tuning."""
     a = parse_arg(
-        arg, body="pretrained", layout="8x8", train_limit=0, epochs=6.0, align_steps=60, seed=0
+        arg,
+        body="pretrained",
+        layout="8x8",
+        train_limit=0,
+        epochs=6.0,
+        align_steps=60,
+        seed=0,
+        method="orca",
     )
     c = config_lib.base_config()
     c.seed = a.seed
@@ -34,7 +41,7 @@ def get_config(arg: str | None = None):
         )
     )
     c.data.update(dict(batch_size=32, eval_batch_size=128, val_size=0.1, prefetch=2))
-    offline_recipe(c, "orca", epochs=a.epochs, align_steps=a.align_steps, lr=1e-4)
+    offline_recipe(c, a.method, epochs=a.epochs, align_steps=a.align_steps, lr=1e-4)
     c.stages.finetune.warmup_fraction = 0.0
     c.stages.finetune.warmup_steps = 20
     c.log_every = 10
