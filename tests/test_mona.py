@@ -210,3 +210,25 @@ def test_three_stage_recipe_runs_sharded_like_one_device(tiny_config, tmp_path):
     rel = max(abs(losses[8][s] - losses[1][s]) / abs(losses[1][s]) for s in losses[1])
     print(f"\nwarm-up → MoNA → fine-tune, 8 devices vs 1: max relative loss diff {rel:.2e}")
     assert rel <= 1e-5
+
+
+def test_source_retention_is_logged_per_eval(tiny_config, tmp_path):
+    import json
+
+    cfg = tiny_config("steps=10", **{"source_diagnostics": True, "eval_every": 5})
+    cfg.source.kind = "text"
+    cfg.source.max_examples = 64
+    cfg.stages.finetune.remat = True
+    train_lib.train(cfg, str(tmp_path), verbose=False)
+    recs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    diag = [r for r in recs if r["split"] == "source"]
+    assert [r["step"] for r in diag] == [5, 10]
+    assert all(0 <= r["probe_acc"] <= 1 and r["davies_bouldin"] > 0 for r in diag)
+
+
+def test_source_retention_against_sklearn_on_separable_clusters():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 30)
+    x = rng.normal(size=(90, 5)) * 0.1 + np.eye(5)[y] * 5.0
+    got = mona.source_retention(x, y)
+    assert got["probe_acc"] == 1.0 and got["davies_bouldin"] < 0.2

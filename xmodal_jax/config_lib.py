@@ -49,6 +49,9 @@ def stage_defaults() -> dict[str, Any]:
         meta_grad="exact",  # exact | first_order | taylor
         uniformity_t=2.0,
         fd_epsilon=0.01,
+        # Rematerialise the loss's forward pass in the backward pass (jax.checkpoint): less
+        # activation memory for more compute; matters most for MoNA's second-order step.
+        remat=False,
     )
 
 
@@ -76,6 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Stop (after a checkpoint) once this process has run this many steps; 0 = run to the end.
     # For time-sliced jobs: the next launch resumes from the checkpoint.
     c.stop_after = 0
+    # At every validation: linear-probe accuracy and Davies–Bouldin index of the source data's
+    # features under the current body (source-knowledge retention, the MoNA paper's diagnostic).
+    c.source_diagnostics = False
     return c
 
 

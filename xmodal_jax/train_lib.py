@@ -199,6 +199,7 @@ class Run:
     params: dict  # initial params, sharded
     param_shardings: Any
     ctx: Context
+    jitted: dict = dataclasses.field(default_factory=dict)  # compiled helpers, built on first use
 
 
 def _val_size(n_train: int, val_size: float) -> int:
@@ -352,6 +353,38 @@ def evaluate(run: Run, predict, params: dict, split: str) -> float:
     return metrics.get(run.task.metric)(cat["out"], cat["y"], **extras)
 
 
+def source_diagnostics(run: Run, params: dict, batch: int = 64) -> dict[str, float]:
+    """Source-knowledge retention of ``params``' body (see :func:`mona.source_retention`)."""
+    from xmodal_jax.methods import mona
+
+    keys = [
+        k for k in ("input_ids", "attention_mask", "pixel_values", "tokens") if k in run.ctx.source
+    ]
+    arrays = {k: run.ctx.source[k] for k in keys}
+    arrays["y"] = run.ctx.source["y"]
+    fn = _source_feature_fn(run)
+    feats = []
+    for b in pipeline.eval_batches(arrays, batch):
+        out = parallel.to_host(fn(params, parallel.shard_batch(b, run.mesh)))
+        feats.append(np.asarray(out["f"])[np.asarray(out["v"]) > 0])
+    return mona.source_retention(np.concatenate(feats), run.ctx.source["y"], int(run.config.seed))
+
+
+def _source_feature_fn(run: Run):
+    from xmodal_jax.methods import mona
+
+    if "source_features" not in run.jitted:
+        bsh = parallel.batch_sharding(run.mesh)
+
+        def fn(params, b):
+            return {"f": mona.source_features(run.graphdef, params, b), "v": b[pipeline.VALID]}
+
+        run.jitted["source_features"] = jax.jit(
+            fn, in_shardings=(run.param_shardings, bsh), out_shardings=bsh
+        )
+    return run.jitted["source_features"]
+
+
 # --- logging --------------------------------------------------------------------------------------
 
 
@@ -501,6 +534,13 @@ class _StageLoop:
             f"[{self.stage.name}] step {self.stage_step}: val {self.run.task.metric} {val:.4f} "
             f"(best {self.best:.4f})"
         )
+        if self.run.config.get("source_diagnostics", False) and self.run.ctx.source is not None:
+            diag = source_diagnostics(self.run, self.state.params)
+            self.logger.write(self.global_step, diag, split="source", stage=self.stage.name)
+            self.say(
+                f"[{self.stage.name}] source probe acc {diag['probe_acc']:.3f}, "
+                f"Davies–Bouldin {diag['davies_bouldin']:.3f}"
+            )
         return improved
 
     def save(self, stage_index: int, best_too: bool = False) -> None:

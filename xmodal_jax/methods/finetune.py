@@ -147,11 +147,12 @@ def task_loss_fn(ctx: Context):
 
 def task_stage(name: str, cfg: Any, ctx: Context) -> Stage:
     """Supervised training on the task (plain fine-tuning, or ORCA's final stage)."""
+    loss_fn = task_loss_fn(ctx)
     return Stage(
         name=name,
         trainable=tuple(cfg.trainable),
         datasets={"": ctx.splits["train"]},
-        loss_fn=task_loss_fn(ctx),
+        loss_fn=jax.checkpoint(loss_fn) if cfg.get("remat", False) else loss_fn,
         evaluate=True,
     )
 

@@ -206,6 +206,8 @@ def mona_stage(name: str, cfg: Any, ctx: Context) -> Stage:
             f"{META_GROUPS} (the body is the inner-step variable, fixed between meta-steps)"
         )
     loss_fn = task_loss_fn(ctx)
+    if cfg.get("remat", False):
+        loss_fn = jax.checkpoint(loss_fn)
     mode = cfg.meta_grad
     steps = int(cfg.inner_steps)
     if mode != "exact" and steps != 1:
@@ -255,3 +257,26 @@ def mona_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         evaluate=bool(cfg.get("evaluate", False)),
         balanced=("src_",),
     )
+
+
+def source_retention(features: Any, labels: Any, seed: int = 0) -> dict[str, float]:
+    """How well the body still organises the source data: the MoNA paper's two diagnostics.
+
+    ``probe_acc``: test accuracy of a logistic-regression probe on the (standardised) features,
+    70/30 stratified split; ``davies_bouldin``: the Davies–Bouldin index of the features by
+    class (lower = tighter, better-separated classes). Host-side (scikit-learn), run per eval.
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import davies_bouldin_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = np.asarray(features, np.float64), np.asarray(labels)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, stratify=y, random_state=seed)
+    scaler = StandardScaler().fit(x_tr)
+    probe = LogisticRegression(max_iter=1000).fit(scaler.transform(x_tr), y_tr)
+    return {
+        "probe_acc": float(probe.score(scaler.transform(x_te), y_te)),
+        "davies_bouldin": float(davies_bouldin_score(x, y)),
+    }
