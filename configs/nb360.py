@@ -4,7 +4,8 @@
 
 Args: ``task`` (cifar100 | spherical | darcy | psicov | cosmic | ninapro | fsd50k | ecg |
 satellite | deepsea), ``method`` (orca = OTDD embedder alignment then full fine-tuning;
-finetune = full fine-tuning only), ``data_dir`` (the manual dir holding the original files),
+mona = the same warm-up, MoNA meta-alignment, then full fine-tuning; finetune = full
+fine-tuning only), ``data_dir`` (the manual dir holding the original files),
 ``body`` (a local HF folder; 1D tasks default to the shipped MiniLM, 2D tasks need a ViT/Swin
 folder such as swin-base-patch4-window7-224-in22k), ``epochs`` (scale factor on every stage's
 epochs, e.g. 0.01 for a smoke run), ``batch`` (0 = the reference batch size), ``seed``.
@@ -39,8 +40,8 @@ def get_config(arg: str | None = None):
     a = parse_arg(arg, task="ecg", method="orca", data_dir="", body="", epochs=1.0, batch=0, seed=0)
     if a.task not in REFERENCE:
         raise ValueError(f"task={a.task!r}; expected one of {sorted(REFERENCE)}")
-    if a.method not in ("orca", "finetune"):
-        raise ValueError(f"method={a.method!r}; expected 'orca' or 'finetune'")
+    if a.method not in ("orca", "mona", "finetune"):
+        raise ValueError(f"method={a.method!r}; expected 'orca', 'mona' or 'finetune'")
     opt, lr, wd, bs, accum, epochs, warm, decay, maxsamples, extra = REFERENCE[a.task]
     c = config_lib.base_config()
     c.seed = a.seed
@@ -65,7 +66,7 @@ def get_config(arg: str | None = None):
         warmup_fraction=warm / decay,
     )
     order = []
-    if a.method == "orca":
+    if a.method in ("orca", "mona"):
         if a.task in ONE_D:
             c.source.update(dict(kind="text", max_examples=maxsamples * 8))
         else:  # Swin's own modality: a CIFAR-10 subset from the original archive
@@ -83,6 +84,25 @@ def get_config(arg: str | None = None):
             evaluate=False,
         )
         order.append("align")
+    if a.method == "mona":
+        # spec/mona.md §4: 5–10 epochs of meta-alignment at lr 3e-5, θ fixed; the virtual inner
+        # step uses the task's own learning rate.
+        config_lib.add_stage(
+            c,
+            "mona",
+            kind="mona",
+            trainable=("embedder", "head"),
+            epochs=5 * a.epochs,
+            optimizer="adam",
+            lr=3e-5,
+            schedule="constant",
+            inner_lr=lr,
+            meta_lambda=0.4,
+            remat=True,
+            evaluate=False,
+        )
+        order.append("mona")
+        c.source_diagnostics = True
     config_lib.add_stage(c, "finetune", **finetune)
     order.append("finetune")
     c.stage_order = ",".join(order)

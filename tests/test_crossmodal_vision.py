@@ -88,3 +88,11 @@ def test_vit_classification_uses_cls_and_positions(tiny_vit):
 def test_vision_body_rejects_1d_tasks(tiny_vit):
     with pytest.raises(ValueError, match="needs a text body"):
         xm.build_crossmodal(xm.TaskSpec((1, 100), "classification", 2), tiny_vit)
+
+
+def test_source_images_are_resized_onto_the_body_grid(tiny_swin):
+    graphdef, params = xm.build_crossmodal(xm.TaskSpec((1, 20, 20), "classification", 3), tiny_swin)
+    small = jnp.ones((2, 3, 16, 16))  # CIFAR-like source smaller than the body's 32 px
+    feats = xm.apply(graphdef, params, method="source_features", pixel_values=small)
+    big = tiny_swin.apply(tiny_swin.params, pixel_values=jnp.ones((2, 3, 32, 32)))
+    chex.assert_shape(feats, big.shape)

@@ -96,7 +96,17 @@ class CrossModalModel(nnx.Module):
         return self.head(self.features(x))
 
     def source_features(self, attention_mask: Array | None = None, **inputs: Array) -> Array:
-        """Source inputs (HF names) → body output tokens through the frozen source embedder."""
+        """Source inputs (HF names) → body output tokens through the frozen source embedder.
+
+        Source images are resized to the body's image size first (CIFAR-10's 32 px → 224 for
+        Swin-B, as the reference does), so they land on the token grid the body expects.
+        """
+        if "pixel_values" in inputs and isinstance(self.embedder, embedders.Embed2D):
+            hw = self.embedder.image_size
+            inputs = {
+                **inputs,
+                "pixel_values": embedders.resize_bilinear(inputs["pixel_values"], hw),
+            }
         return self.encode(self.source_embedder(**inputs), attention_mask)
 
 
