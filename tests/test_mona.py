@@ -232,3 +232,38 @@ def test_source_retention_against_sklearn_on_separable_clusters():
     x = rng.normal(size=(90, 5)) * 0.1 + np.eye(5)[y] * 5.0
     got = mona.source_retention(x, y)
     assert got["probe_acc"] == 1.0 and got["davies_bouldin"] < 0.2
+
+
+def test_meta_gradient_on_a_swin_body_with_image_source(tiny_swin_path):
+    pre = xm.load_pretrained(tiny_swin_path)
+    graphdef, params = xm.build_crossmodal(xm.TaskSpec((1, 16, 52), "classification", 4), pre)
+    rng = np.random.default_rng(0)
+    target = {
+        "x": jnp.asarray(rng.normal(size=(4, 1, 16, 52)), jnp.float32),
+        "y": jnp.asarray([0, 1, 2, 3]),
+    }
+    source = {
+        "pixel_values": jnp.asarray(rng.uniform(size=(4, 3, 16, 16)), jnp.float32),
+        "y": jnp.asarray([0, 0, 1, 1]),
+    }
+
+    def loss_fn(p, batch, key):
+        logits = xm.apply(graphdef, p, batch["x"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(), {}
+
+    trainable = {g: params[g] for g in ("embedder", "head")}
+    value, aux, grads = jax.jit(
+        lambda tr: mona.meta_grad(
+            tr,
+            params,
+            target,
+            source,
+            jax.random.key(0),
+            graphdef=graphdef,
+            loss_fn=loss_fn,
+            alpha=0.1,
+            lam=0.4,
+        )
+    )(trainable)
+    assert np.isfinite(float(value)) and float(aux["outer_loss"]) != 0.0
+    assert float(jnp.abs(grads["embedder"]["patch"]["kernel"]).sum()) > 0
