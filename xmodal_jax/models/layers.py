@@ -98,6 +98,20 @@ class MLP(nnx.Module):
         return self.fc2(activation(self.act_name)(self.fc1(x)))
 
 
+def run_stack(stack, tokens: Array, attention_mask: Array | None, dim: int) -> Array:
+    """Runs ``layer(tokens, bias)`` for each layer, after checking ``tokens`` is ``[B, L, dim]``.
+
+    The check turns a wrongly sized embedder into a clear error instead of an XLA shape failure
+    deep inside the first attention layer.
+    """
+    if tokens.ndim != 3 or tokens.shape[-1] != dim:
+        raise ValueError(f"tokens have shape {tokens.shape}; the body expects [B, L, {dim}]")
+    bias = mask_to_bias(attention_mask, tokens.dtype)
+    for layer in stack:
+        tokens = layer(tokens, bias)
+    return tokens
+
+
 class Body(nnx.Module):
     """A pretrained body: ``embeddings`` (its input layer, the source embedder) + ``encoder``.
 

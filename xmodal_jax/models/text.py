@@ -129,15 +129,7 @@ class TextEncoder(nnx.Module):
         self.hidden_size = cfg.hidden_size
 
     def __call__(self, tokens: Array, attention_mask: Array | None = None) -> Array:
-        chex.assert_rank(tokens, 3)
-        if tokens.shape[-1] != self.hidden_size:
-            raise ValueError(
-                f"tokens have feature size {tokens.shape[-1]}, the body expects {self.hidden_size}"
-            )
-        bias = layers.mask_to_bias(attention_mask, tokens.dtype)
-        for layer in self.layers:
-            tokens = layer(tokens, bias)
-        return tokens
+        return layers.run_stack(self.layers, tokens, attention_mask, self.hidden_size)
 
 
 class TextModel(layers.Body):

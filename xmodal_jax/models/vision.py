@@ -218,15 +218,7 @@ class ViTEncoder(nnx.Module):
         self.norm = layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs)
 
     def __call__(self, tokens: Array, attention_mask: Array | None = None) -> Array:
-        chex.assert_rank(tokens, 3)
-        if tokens.shape[-1] != self.hidden_size:
-            raise ValueError(
-                f"tokens have feature size {tokens.shape[-1]}, the body expects {self.hidden_size}"
-            )
-        bias = layers.mask_to_bias(attention_mask, tokens.dtype)
-        for layer in self.layers:
-            tokens = layer(tokens, bias)
-        return self.norm(tokens)
+        return self.norm(layers.run_stack(self.layers, tokens, attention_mask, self.hidden_size))
 
 
 class ViTModel(layers.Body):
