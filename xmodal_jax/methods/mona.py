@@ -58,18 +58,24 @@ def inner_update(
     ``mask`` (from :func:`inner_mask`) restricts the step to a subset of body leaves; the rest
     keep θ. The result is differentiable w.r.t. every other group of ``params``.
     """
-    body = params["body"]
+    flat = traverse_util.flatten_dict(params["body"])
+    # Differentiate only the selected leaves: a 0/1 mask multiplying a full body gradient would
+    # still make XLA compute every weight gradient (0·g is not 0 for NaN, so it cannot drop it).
+    chosen = [k for k in flat if mask is None or traverse_util.flatten_dict(mask)[k]]
     for k in range(steps):
+        rest = {key: v for key, v in flat.items() if key not in chosen}
 
-        def loss_of_body(b, k=k):
-            return loss_fn({**params, "body": b}, batch, jax.random.fold_in(rng, k))[0]
+        def loss_of(sel, k=k, rest=rest):
+            body = traverse_util.unflatten_dict({**rest, **dict(zip(chosen, sel, strict=True))})
+            return loss_fn({**params, "body": body}, batch, jax.random.fold_in(rng, k))[0]
 
-        grads = jax.grad(loss_of_body)(body)
-        if mask is None:
-            body = jax.tree.map(lambda p, g: p - alpha * g, body, grads)
-        else:
-            body = jax.tree.map(lambda p, g, m: p - alpha * m * g, body, grads, mask)
-    return body
+        sel = [flat[key] for key in chosen]
+        grads = jax.grad(loss_of)(sel)
+        flat = {
+            **flat,
+            **{key: p - alpha * g for key, p, g in zip(chosen, sel, grads, strict=True)},
+        }
+    return traverse_util.unflatten_dict(flat)
 
 
 def alignment_uniformity(z: Array, labels: Array, t: float = 2.0) -> tuple[Array, Array]:
