@@ -177,12 +177,13 @@ def meta_grad(
     def l_in_of(tr, body):
         return loss_fn({**p, **tr, "body": body}, target, rng)[0]
 
-    l_in, g_direct = jax.value_and_grad(l_in_of)(trainable, p["body"])
-    body_at = (
-        inner_update(loss_fn, p, target, rng, alpha=alpha, steps=1, mask=mask)
-        if mode == "first_order"
-        else p["body"]
-    )
+    # One backward pass gives both the direct term and the inner step's body gradient.
+    l_in, (g_direct, g_body) = jax.value_and_grad(l_in_of, argnums=(0, 1))(trainable, p["body"])
+    if mode == "first_order":
+        scale = mask if mask is not None else jax.tree.map(lambda _: 1.0, g_body)
+        body_at = jax.tree.map(lambda b, g, m: b - alpha * m * g, p["body"], g_body, scale)
+    else:
+        body_at = p["body"]
     l_out, g_out = jax.value_and_grad(lambda b: outer_loss(graphdef, {**p, "body": b}, source, t))(
         jax.lax.stop_gradient(body_at)
     )
