@@ -202,7 +202,7 @@ def test_frozen_groups_get_zero_gradients_through_stop_gradient():
         return jnp.sum(p["embedder"]["w"]) * jnp.sum(p["body"]["w"]), {}
 
     stage = Stage("s", ("embedder",), {}, loss_fn=loss_fn)
-    _, _, grads = train_lib.grad_fn_of(stage)(params, {}, jax.random.key(0))
+    _, _, grads = train_lib.grad_fn_of(stage)(params, {}, jax.random.key(0), 0)
     assert float(jnp.abs(grads["body"]["w"]).sum()) == 0
     np.testing.assert_allclose(grads["embedder"]["w"], 8.0)
 

@@ -14,8 +14,9 @@ import ml_collections
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
 ACCUM_REDUCE = ("sum", "mean")
-GROUPS = ("embedder", "body", "head", "source_embedder")
-SOURCE_KINDS = ("none", "text", "text_proxy", "cifar10")
+# Model groups, then the groups methods add (PaRe's gate and source head).
+GROUPS = ("embedder", "body", "head", "source_embedder", "gate", "source_head")
+SOURCE_KINDS = ("none", "text", "text_proxy", "cifar10", "voc")
 
 
 def stage_defaults() -> dict[str, Any]:
@@ -52,6 +53,19 @@ def stage_defaults() -> dict[str, Any]:
         # Rematerialise the loss's forward pass in the backward pass (jax.checkpoint): less
         # activation memory for more compute; matters most for MoNA's second-order step.
         remat=False,
+        # PaRe (kind="pare", spec/pare.md): k(epoch) = int(pare_begin − pare_end·ep/E) for
+        # 2d/dense, int(pare_seq_num·(1 − ep/E)) for 1d (seq_num 0 = the source's token count);
+        # relaxed Gumbel top-k for pare_phase_a_epochs, then hard top-k. −1 = the family default
+        # (phase A 10/10/5 epochs, mixed-loss weight 1/0.3/0.1 for 2d/dense/1d).
+        pare_family="auto",  # auto | 2d | dense | 1d
+        pare_begin=2000,
+        pare_end=1500,
+        pare_seq_num=0,
+        pare_phase_a_epochs=-1,
+        pare_mix_weight=-1.0,
+        pare_tau=0.9,
+        pare_gumbel_on="prob",  # prob (as the reference) | logit (proper Gumbel-top-k)
+        pare_pairing="position",  # phase A pairing: position (reference) | rank (by gate score)
     )
 
 
@@ -64,9 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(
         dict(batch_size=32, eval_batch_size=256, val_size=0.1, prefetch=2)
     )
-    # kind: none | text (VADER words) | text_proxy (data_dir/text_xs.npy) | cifar10 (data_dir)
+    # kind: none | text (VADER words; pack = fill seq_len with same-class words) | text_proxy
+    # (data_dir/text_xs.npy) | cifar10 (data_dir) | voc (data_dir/VOCdevkit: images + masks)
     c.source = ml_collections.ConfigDict(
-        dict(kind="none", num_classes=4, max_examples=1024, seq_len=8, data_dir="")
+        dict(kind="none", num_classes=4, max_examples=1024, seq_len=8, data_dir="", pack=False)
     )
     c.stages = ml_collections.ConfigDict()
     c.stage_order = ""

@@ -116,13 +116,17 @@ def _freeze(params: dict, trainable: tuple[str, ...]) -> dict:
 
 
 def grad_fn_of(stage: Stage):
-    """The stage's ``(params, batch, rng) → (loss, metrics, grads)``."""
+    """The stage's ``(params, batch, rng, step) → (loss, metrics, grads)``."""
     if stage.grad_fn is not None:
-        return stage.grad_fn
+        if stage.uses_step:
+            return stage.grad_fn
+        return lambda params, batch, rng, step: stage.grad_fn(params, batch, rng)
 
-    def fn(params, batch, rng):
+    def fn(params, batch, rng, step):
+        extra = (step,) if stage.uses_step else ()
+
         def loss(p):
-            return stage.loss_fn(_freeze(p, stage.trainable), batch, rng)
+            return stage.loss_fn(_freeze(p, stage.trainable), batch, rng, *extra)
 
         (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
         return value, aux, grads
@@ -153,17 +157,19 @@ def build_train_step(
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        local = state.step - start
         if accum == 1:
-            loss, aux, grads = gfn(state.params, batch, rng)
+            loss, aux, grads = gfn(state.params, batch, rng, local)
         else:
             micro = _microbatches(batch, accum)
 
             def body(carry, xs):
                 i, mb = xs
-                out = gfn(state.params, mb, jax.random.fold_in(rng, i))
+                out = gfn(state.params, mb, jax.random.fold_in(rng, i), local)
                 return jax.tree.map(jnp.add, carry, out), None
 
-            shapes = jax.eval_shape(gfn, state.params, jax.tree.map(lambda x: x[0], micro), rng)
+            first = jax.tree.map(lambda x: x[0], micro)
+            shapes = jax.eval_shape(gfn, state.params, first, rng, local)
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
             (loss, aux, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
             loss, aux = loss / accum, jax.tree.map(lambda a: a / accum, aux)
@@ -175,7 +181,7 @@ def build_train_step(
         out = {
             "loss": loss,
             "grad_norm": optax.tree.norm(trained),
-            "lr": schedule(state.step - start),
+            "lr": schedule(local),
             **aux,
         }
         return TrainState(state.step + 1, params, opt_state), out
@@ -273,7 +279,40 @@ def setup(config: ml_collections.ConfigDict) -> Run:
     ctx = Context(
         graphdef, task, pretrained, splits, source, feats, config, target_decoder(task, splits)
     )
+    extra, extra_shardings = method_params(config, ctx, mesh)
+    params, shardings = {**params, **extra}, {**shardings, **extra_shardings}
     return Run(config, mesh, task, splits, pretrained, graphdef, params, shardings, ctx)
+
+
+def method_params(
+    config: ml_collections.ConfigDict, ctx: Context, mesh: jax.sharding.Mesh
+) -> tuple[dict, dict]:
+    """The parameter groups the configured stages add (``methods.PARAM_INITS``), sharded.
+
+    Built at set-up for every stage, so the params tree (and every checkpoint) has one structure
+    for the whole run. A group several stages declare is built once (the first stage's).
+    """
+    inits = {}
+    for i, name in enumerate(config_lib.stage_names(config)):
+        cfg = config.stages[name]
+        if cfg.kind in methods.PARAM_INITS:
+            inits[name] = (cfg, methods.PARAM_INITS[cfg.kind], i)
+    if not inits:
+        return {}, {}
+
+    def init():
+        out: dict = {}
+        for name, (cfg, fn, i) in inits.items():
+            key = jax.random.fold_in(jax.random.key(int(config.seed)), 1_000_003 + i)
+            for group, value in fn(name, cfg, ctx, key).items():
+                if group in crossmodal.MODEL_GROUPS:
+                    raise ValueError(f"stages.{name}: method group {group!r} shadows a model group")
+                out.setdefault(group, value)
+        return out
+
+    abstract = jax.eval_shape(init)
+    shardings = parallel.param_shardings(abstract, mesh, [tuple(r) for r in config.sharding_rules])
+    return jax.jit(init, out_shardings=shardings)(), shardings
 
 
 def build_stages(run: Run) -> list[tuple[Stage, Any, int]]:

@@ -39,11 +39,14 @@ def text_source(
     max_examples: int = 2048,
     seq_len: int = 8,
     seed: int = 0,
+    pack: bool = False,
 ) -> dict[str, np.ndarray]:
     """Labelled source examples for a text body: ``{"input_ids", "attention_mask", "y"}``.
 
     Valence is split into ``num_classes`` equal-frequency bins; ``max_examples`` words are sampled
-    class-balanced. Token ids are padded/truncated to ``seq_len`` (static shapes).
+    class-balanced. Token ids are padded/truncated to ``seq_len`` (static shapes). ``pack`` fills
+    each example with words of one class instead (``[CLS] w1 w2 … [SEP]``, no padding), so every
+    one of the ``seq_len`` tokens is text: what PaRe inserts token by token.
     """
     if pretrained.modality != "text":
         raise ValueError(f"text_source needs a text body, got {pretrained.model_type!r}")
@@ -55,6 +58,8 @@ def text_source(
     idx = np.concatenate(
         [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(num_classes)]
     )
+    if pack:
+        return _packed(pretrained, [words[i] for i in idx], labels[idx], seq_len, rng)
     enc = pretrained.tokenizer(
         [words[i] for i in idx],
         padding="max_length",
@@ -66,6 +71,30 @@ def text_source(
         "input_ids": enc["input_ids"].astype(np.int32),
         "attention_mask": enc["attention_mask"].astype(np.int32),
         "y": labels[idx],
+    }
+
+
+def _packed(
+    pretrained: Pretrained, words: list[str], labels: np.ndarray, seq_len: int, rng
+) -> dict[str, np.ndarray]:
+    tok = pretrained.tokenizer
+    ids = tok(words, add_special_tokens=False)["input_ids"]
+    cls_id, sep_id = tok.cls_token_id, tok.sep_token_id
+    if cls_id is None or sep_id is None:
+        raise ValueError(f"{pretrained.path}: packed text source needs CLS/SEP tokens")
+    rows, ys = [], []
+    for c in np.unique(labels):
+        pool = [ids[i] for i in np.flatnonzero(labels == c)]
+        for _ in range(len(pool)):  # as many packed examples per class as words
+            row = [cls_id]
+            while len(row) < seq_len - 1:
+                row.extend(pool[rng.integers(len(pool))])
+            rows.append(row[: seq_len - 1] + [sep_id])
+            ys.append(c)
+    return {
+        "input_ids": np.asarray(rows, np.int32),
+        "attention_mask": np.ones((len(rows), seq_len), np.int32),
+        "y": np.asarray(ys, np.int32),
     }
 
 
@@ -118,6 +147,7 @@ def load(source_cfg, pretrained: Pretrained, seed: int = 0):
             max_examples=int(source_cfg.max_examples),
             seq_len=int(source_cfg.seq_len),
             seed=seed,
+            pack=bool(source_cfg.get("pack", False)),
         )
     elif kind == "text_proxy":
         hidden = pretrained.config.hidden_size
@@ -127,6 +157,14 @@ def load(source_cfg, pretrained: Pretrained, seed: int = 0):
             raise ValueError("config.source.kind='cifar10' needs a vision body (ViT/Swin)")
         source = read_cifar10(source_cfg.data_dir, n=int(source_cfg.max_examples), seed=seed)
         source = {**source, "pixel_values": source["pixel_values"].astype(np.float32) / 255.0}
+    elif kind == "voc":
+        if pretrained.modality != "vision":
+            raise ValueError("config.source.kind='voc' needs a vision body (ViT/Swin)")
+        size = pretrained.config.image_size
+        size = size if isinstance(size, int) else int(size[0])
+        source = read_voc_masks(
+            source_cfg.data_dir, n=int(source_cfg.max_examples), size=size, seed=seed
+        )
     else:
         raise ValueError(f"config.source.kind={kind!r} unknown")
     return source, embed_source(pretrained, source)

@@ -19,8 +19,13 @@ from xmodal_jax.models.pretrained import Pretrained
 
 Params = dict[str, Any]
 Batch = dict[str, jax.Array]
-LossFn = Callable[[Params, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
-GradFn = Callable[[Params, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array], Params]]
+# (params, batch, rng[, step]) → …; ``step`` (the stage-local step, traced int32) is passed only to
+# stages with ``uses_step=True`` (schedules inside the loss, e.g. PaRe's k(epoch)).
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+GradFn = Callable[..., tuple[jax.Array, dict[str, jax.Array], Params]]
+# (stage name, stage config, ctx, rng) → {group: params}: parameter groups a method adds next to
+# the model's (built once at set-up, so they live in every checkpoint from the first step).
+ParamInit = Callable[[str, Any, "Context", jax.Array], Params]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +64,7 @@ class Stage:
     # Dataset prefixes drawn class-balanced on their "y" (P classes × Q ≥ 2 per batch), e.g.
     # MoNA's source batches, whose alignment loss needs same-class pairs.
     balanced: tuple[str, ...] = ()
+    uses_step: bool = False  # loss_fn / grad_fn take a 4th argument: the stage-local step
 
     def __post_init__(self):
         if (self.loss_fn is None) == (self.grad_fn is None):

@@ -21,6 +21,9 @@ from xmodal_jax.models.pretrained import Pretrained, split
 Array = jax.Array
 
 OUTPUT_KINDS = ("classification", "multilabel", "regression", "dense")
+# The groups of a CrossModalModel's params. A method may add its own groups next to them (PaRe's
+# gate, LSG's projection: see methods.PARAM_INITS); `apply` passes only these to the model.
+MODEL_GROUPS = ("embedder", "body", "head", "source_embedder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,4 +220,5 @@ def apply(graphdef: nnx.GraphDef, params: dict, *args: Any, method: str = "__cal
     ``apply(g, p, x)`` gives task outputs; ``method="features"`` the body tokens;
     ``method="source_features", input_ids=...`` the source path.
     """
-    return getattr(nnx.merge(graphdef, params), method)(*args, **kw)
+    model = {g: params[g] for g in MODEL_GROUPS if g in params}  # method groups ride along
+    return getattr(nnx.merge(graphdef, model), method)(*args, **kw)
