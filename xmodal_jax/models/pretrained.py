@@ -40,6 +40,9 @@ class Architecture:
     ignore: str
     prefixes: str
     modality: str  # "text" or "vision": decides tokenizer loading and input names.
+    # Optional name of a `tensors → tensors` function run on the raw HF tensors before the table
+    # (ResNet folds BatchNorm running statistics into the affine there).
+    convert: str | None = None
 
     def resolve(self, attr: str) -> Any:
         """Imports ``self.module`` and returns one of its attributes named by field ``attr``."""
@@ -76,6 +79,16 @@ ARCHITECTURES: dict[str, Architecture] = {
         "SWIN_HF_IGNORE",
         "SWIN_HF_PREFIXES",
         "vision",
+    ),
+    "resnet": Architecture(
+        "xmodal_jax.models.resnet",
+        "ResNetConfig",
+        "ResNetModel",
+        "RESNET_HF_RULES",
+        "RESNET_HF_IGNORE",
+        "RESNET_HF_PREFIXES",
+        "vision",
+        convert="fold_batch_norms",
     ),
 }
 
@@ -191,6 +204,8 @@ def load_pretrained(path: str | None = None, *, dtype: Any = jnp.float32) -> Pre
     abstract = nnx.eval_shape(lambda: build(arch, config))
     graphdef, abstract_params = split(abstract)
     tensors = weights.read_safetensors(weights.safetensors_files(path))
+    if arch.convert is not None:
+        tensors = arch.resolve("convert")(tensors)
     params = weights.map_weights(
         tensors,
         abstract_params,
