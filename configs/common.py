@@ -36,17 +36,53 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return out
 
 
+METHODS = ("orca", "mona", "finetune", "pare")
+
+
+def _pare_recipe(config, *, epochs: float, lr: float) -> None:
+    """PaRe (spec/pare.md): one end-to-end stage from the pretrained embedder, no alignment.
+
+    The 1D source is packed text (32 tokens of same-class VADER words, 8 valence classes, the
+    spec's text_xs_32 shape); 2D tasks use the spec's 2000/1500 schedule scaled to the grid.
+    """
+    from xmodal_jax import config_lib
+
+    config.source.update(dict(kind="text", num_classes=8, max_examples=1024, seq_len=32, pack=True))
+    config_lib.add_stage(
+        config,
+        "pare",
+        kind="pare",
+        trainable=("embedder", "body", "head", "gate", "source_head"),
+        epochs=epochs,
+        optimizer="adamw",
+        lr=lr,
+        weight_decay=0.01,
+        warmup_fraction=0.1,
+        schedule="linear",
+        clip=1.0,
+        pare_begin=2000,
+        pare_end=1500,
+        pare_reference_tokens=3136,
+        pare_phase_a_epochs=max(1, round(epochs / 3)),
+    )
+    config.stage_order = "pare"
+
+
 def offline_recipe(config, method: str, *, epochs: float, align_steps: int, lr: float) -> None:
     """The small-data ORCA recipe shared by the offline configs (demo, UCR, tables, PDEs).
 
     ``method``: ``orca`` (OTDD alignment of the embedder to the text source, body frozen, then
-    full fine-tuning), ``mona`` (the same warm-up, then MoNA meta-alignment, then fine-tuning) or
-    ``finetune`` (full fine-tuning only). Sets ``config.stage_order``.
+    full fine-tuning), ``mona`` (the same warm-up, then MoNA meta-alignment, then fine-tuning),
+    ``pare`` (PaRe, one end-to-end stage) or ``finetune`` (full fine-tuning only). Sets
+    ``config.stage_order``.
     """
     from xmodal_jax import config_lib
 
-    if method not in ("orca", "finetune", "mona"):
-        raise ValueError(f"method={method!r}; expected 'orca', 'mona' or 'finetune'")
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}; expected one of {METHODS}")
+    if method == "pare":
+        _pare_recipe(config, epochs=epochs, lr=lr)
+        return
     order = []
     if method in ("orca", "mona"):
         config.source.update(dict(kind="text", num_classes=4, max_examples=1024, seq_len=8))

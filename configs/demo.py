@@ -6,7 +6,8 @@ layer); the body is frozen. Stage 2 (``finetune``): embedder, body and head trai
 ``configs/demo.py:body=random`` runs the same recipe from a randomly initialised body.
 
 Args: ``body`` (pretrained | random), ``layout`` (1x64 | 8x8), ``train_limit`` (0 = all),
-``epochs`` (fine-tune epochs), ``align_steps``, ``seed``, ``method`` (orca | mona | finetune).
+``epochs`` (fine-tune epochs), ``align_steps``, ``seed``,
+``method`` (orca | mona | finetune | pare).
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def get_config(arg: str | None = None):
     )
     c.data.update(dict(batch_size=32, eval_batch_size=128, val_size=0.1, prefetch=2))
     offline_recipe(c, a.method, epochs=a.epochs, align_steps=a.align_steps, lr=1e-4)
-    c.stages.finetune.warmup_fraction = 0.0
-    c.stages.finetune.warmup_steps = 20
+    last = c.stages[c.stage_order.split(",")[-1]]  # finetune (or the single PaRe stage)
+    last.warmup_fraction = 0.0
+    last.warmup_steps = 20
     c.log_every = 10
     c.eval_every = 0  # once per epoch
     c.lock()

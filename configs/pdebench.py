@@ -6,7 +6,7 @@
 Args: ``pde`` (advection | burgers | diffusion_sorption | reaction_diffusion_1d | cfd_1d |
 darcy_pdebench | shallow_water | reaction_diffusion_2d | cfd_2d), ``data_dir``, ``body`` (1D:
 default the shipped MiniLM; 2D: a ViT/Swin folder, or ``flatten`` to treat fields as C×(H·W)
-signals on a text body), ``tsl``, ``method`` (orca | finetune), ``epochs``, ``batch``,
+signals on a text body), ``tsl``, ``method`` (orca | mona | finetune), ``epochs``, ``batch``,
 ``lr``, ``seed``.
 """
 

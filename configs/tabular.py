@@ -4,8 +4,8 @@
 ``xmodal-train --config configs/tabular.py:file=/data/credit-g.arff,target=class --workdir …``
 
 Args: ``name`` (iris | wine | breast_cancer | diabetes), ``file`` / ``target`` (an OpenML-CC18
-style file and its target column; default the last column), ``method`` (orca | finetune),
-``body``, ``epochs``, ``batch``, ``seed``.
+style file and its target column; default the last column),
+``method`` (orca | mona | finetune | pare), ``body``, ``epochs``, ``batch``, ``seed``.
 """
 
 from __future__ import annotations

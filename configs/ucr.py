@@ -3,7 +3,8 @@
 ``xmodal-train --config configs/ucr.py:name=GunPoint,method=orca --workdir runs/gunpoint``
 
 Args: ``name`` (any bundled dataset, e.g. GunPoint, BasicMotions, ArrowHead, Italy…),
-``method`` (orca | finetune), ``body`` (local HF text folder; default the shipped MiniLM),
+``method`` (orca | mona | finetune | pare), ``body`` (local HF text folder; default the
+shipped MiniLM),
 ``tsl`` (target sequence length of the 1D embedder), ``epochs``, ``batch``, ``seed``.
 """
 

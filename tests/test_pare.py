@@ -225,7 +225,7 @@ def test_pare_stage_trains_compiles_once_and_shards_like_one_device(tiny_config,
 def test_pare_step_compiles_once_across_k_and_phases(tiny_config):
     cfg = _pare_config(tiny_config)
     run = train_lib.setup(cfg)
-    (stage, scfg, n), = train_lib.build_stages(run)
+    ((stage, scfg, n),) = train_lib.build_stages(run)
     assert set(run.params) >= {"gate", "source_head"}
     tx = train_lib.make_optimizer(scfg, run.params, n)
     state = train_lib.init_state(run, tx, 0, run.params)
@@ -240,3 +240,80 @@ def test_pare_step_compiles_once_across_k_and_phases(tiny_config):
     assert step._cache_size() == 1
     # Adam keeps moving the gate on its momentum in phase B, so test the phase-A gradients.
     assert any(gate_moved[:6]) and not np.array_equal(gate0, state.params["gate"]["kernel"])
+
+
+# --- the three task families through configs/nb360.py:method=pare --------------------------------
+
+
+def _write_cifar10(root):
+    import pickle
+
+    from tests.test_sources import _cifar10_batches
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name, d in _cifar10_batches().items():
+        (folder / name).write_bytes(pickle.dumps(d))
+
+
+def _write_voc(root, n=10):
+    from PIL import Image
+
+    base = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True)
+    names = [f"img{i}" for i in range(n)]
+    (base / "ImageSets/Segmentation/train.txt").write_text("\n".join(names) + "\n")
+    rng = np.random.default_rng(0)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(
+            base / "JPEGImages" / f"{name}.jpg"
+        )
+        seg = np.zeros((20, 30), np.uint8)
+        seg[rng.integers(0, 10) :, rng.integers(0, 15) :][:8, :10] = rng.integers(1, 20)
+        Image.fromarray(seg, mode="P").save(base / "SegmentationClass" / f"{name}.png")
+
+
+def test_pare_2d_classification_with_a_cifar10_source(tmp_path, tiny_swin_path):
+    from tests import test_tasks
+
+    test_tasks.files._write_ninapro(str(tmp_path), sizes=(32, 16, 16))
+    _write_cifar10(tmp_path)
+    cfg = test_tasks._config(f"task=ninapro,method=pare,data_dir={tmp_path}", tiny_swin_path)
+    cfg.source.max_examples = 20
+    cfg.stages.pare.pare_phase_a_epochs = 0  # 4 steps: start in phase B here
+    res = train_lib.train(cfg, str(tmp_path / "run"), verbose=False)
+    assert 0 <= res["test_last"] <= 100
+    recs = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    # 2000 of 3136 tokens at epoch 0, on the tiny Swin's 8×8 = 64-token grid: clamped to 64.
+    assert all(r["k"] == 64 for r in recs if r["split"] == "train")
+    assert all(r["source_loss"] > 0 for r in recs if r["split"] == "train")
+
+
+def test_pare_dense_with_voc_masks(tmp_path, tiny_swin_path):
+    from tests import test_tasks
+
+    fields = test_tasks.files._darcy_fields
+    test_tasks.files._write_mat(
+        str(tmp_path / "piececonst_r421_N1024_smooth1.mat"), fields(20, 0), v73=False
+    )
+    test_tasks.files._write_mat(
+        str(tmp_path / "piececonst_r421_N1024_smooth2.mat"), fields(8, 1), v73=False
+    )
+    _write_voc(tmp_path)
+    cfg = test_tasks._config(
+        f"task=darcy,method=pare,data_dir={tmp_path}", tiny_swin_path, ntrain=16, nval=4, ntest=8
+    )
+    cfg.stages.pare.pare_reference_tokens = 3136
+    run = train_lib.setup(cfg)
+    assert "source_head" not in run.params  # dense: the source masks use the task's own head
+    res = train_lib.train(cfg, str(tmp_path / "run"), verbose=False)
+    assert np.isfinite(res["test_last"]) and res["metric"] == "relative_l2"
+
+
+def test_pare_1d_dense_is_refused_with_the_reason(tiny_config):
+    cfg = _pare_config(tiny_config)
+    cfg.stages.pare.pare_family = "dense"
+    cfg.source.kind = "text"
+    with pytest.raises(ValueError, match="PaRe for 1D dense tasks"):
+        train_lib.build_stages(train_lib.setup(cfg))

@@ -14,8 +14,8 @@ import ml_collections
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
 ACCUM_REDUCE = ("sum", "mean")
-# Model groups, then the groups methods add (PaRe's gate and source head).
-GROUPS = ("embedder", "body", "head", "source_embedder", "gate", "source_head")
+# Model groups, then the groups methods add (PaRe's gate and source head, LSG's projection).
+GROUPS = ("embedder", "body", "head", "source_embedder", "gate", "source_head", "lsg_proj")
 SOURCE_KINDS = ("none", "text", "text_proxy", "cifar10", "voc")
 
 
@@ -61,11 +61,32 @@ def stage_defaults() -> dict[str, Any]:
         pare_begin=2000,
         pare_end=1500,
         pare_seq_num=0,
+        # begin/end are k's for this many target tokens (3136 = Swin's 56×56 grid); k is scaled by
+        # N_t / pare_reference_tokens, so the spec's 2D schedule carries to other grids. 0 = as is.
+        pare_reference_tokens=0,
         pare_phase_a_epochs=-1,
         pare_mix_weight=-1.0,
         pare_tau=0.9,
         pare_gumbel_on="prob",  # prob (as the reference) | logit (proper Gumbel-top-k)
         pare_pairing="position",  # phase A pairing: position (reference) | rank (by gate score)
+        # LSG (kind="lsg", spec/lsg.md): label embeddings of the task's class names from
+        # lsg_text_model ("" = the shipped MiniLM), cached with the stage-1 GCN in lsg_cache_dir
+        # ("" = $XMODAL_CACHE/lsg or ~/.cache/xmodal_jax/lsg); lsg_prompts graph nodes per class
+        # (the next as many validate the GCN), inter-class edges at the top lsg_edge_ratio.
+        # Loss CE + lsg_cg·align + lsg_cc·reg (+ lsg_cu × the same on pseudo-labelled unlabelled
+        # data: SSL when > 0). Views: shift by ≤ lsg_shift of the length/size, noise lsg_noise·std.
+        lsg_text_model="",
+        lsg_cache_dir="",
+        lsg_prompts=20,
+        lsg_edge_ratio=0.003,
+        lsg_gcn_steps=5005,
+        lsg_gcn_lr=0.01,
+        lsg_cg=1.0,
+        lsg_cc=8.0,
+        lsg_cu=0.0,
+        lsg_align_rownorm=False,  # align on stage 1's row-normalised logits (reference: raw)
+        lsg_shift=0.125,
+        lsg_noise=0.05,
     )
 
 
@@ -73,10 +94,15 @@ def base_config() -> ml_collections.ConfigDict:
     """All top-level keys with defaults. Config files copy this and set what they need."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.body = ml_collections.ConfigDict(dict(path="", init="pretrained"))  # "" = shipped MiniLM
+    # path "" = the shipped MiniLM. remat: per-block jax.checkpoint policy of the body stack
+    # (none | full | dots_saveable | dots_with_no_batch_dims_saveable: layers.REMAT_POLICIES),
+    # the lever for MoNA's second-order memory (a loss-level stage `remat` saves nothing there).
+    c.body = ml_collections.ConfigDict(dict(path="", init="pretrained", remat="none"))
     c.task = ml_collections.ConfigDict(dict(name="synthetic", target_seq_len=64))
     c.data = ml_collections.ConfigDict(
-        dict(batch_size=32, eval_batch_size=256, val_size=0.1, prefetch=2)
+        # label_ratio < 1: that fraction of train (per class, seeded) keeps its labels, the rest
+        # becomes the "unlabeled" split (LSG's SSL data; plain stages never read it).
+        dict(batch_size=32, eval_batch_size=256, val_size=0.1, prefetch=2, label_ratio=1.0)
     )
     # kind: none | text (VADER words; pack = fill seq_len with same-class words) | text_proxy
     # (data_dir/text_xs.npy) | cifar10 (data_dir) | voc (data_dir/VOCdevkit: images + masks)
@@ -193,6 +219,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             errors.append(f"{where}accum: must be an int ≥ 1, got {get('accum')!r}")
     if config.body.init not in ("pretrained", "random"):
         errors.append(f"body.init: {config.body.init!r} not in ('pretrained', 'random')")
+    from xmodal_jax.models.layers import REMAT_POLICIES
+
+    if config.body.get("remat", "none") not in REMAT_POLICIES:
+        errors.append(f"body.remat: {config.body.get('remat')!r} not in {sorted(REMAT_POLICIES)}")
     if config.source.kind not in SOURCE_KINDS:
         errors.append(f"source.kind: {config.source.kind!r} not in {SOURCE_KINDS}")
     for key in ("batch_size", "eval_batch_size"):

@@ -304,6 +304,11 @@ def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
     train = ctx.splits["train"]
     keys = ("tokens", "input_ids", "pixel_values", "y", "mask")
     source = {k: v for k, v in ctx.source.items() if k in keys}
+    if fam == "dense" and spec.is_1d:
+        raise ValueError(
+            f"stages.{name}: PaRe for 1D dense tasks (PDEs) is not specified by the reference "
+            "code (spec/pare.md §5); use method orca/mona/finetune"
+        )
     if fam == "dense":
         if "mask" not in source:
             raise ValueError(
@@ -320,6 +325,7 @@ def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
     phase_a = PHASE_A_EPOCHS[fam] if int(cfg.pare_phase_a_epochs) < 0 else cfg.pare_phase_a_epochs
     weight = MIX_WEIGHT[fam] if float(cfg.pare_mix_weight) < 0 else float(cfg.pare_mix_weight)
     begin, end, seq_num = int(cfg.pare_begin), int(cfg.pare_end), int(cfg.pare_seq_num)
+    ref_tokens = int(cfg.pare_reference_tokens)
     tau, gumbel_on, pairing = float(cfg.pare_tau), cfg.pare_gumbel_on, cfg.pare_pairing
     graphdef, decode = ctx.graphdef, ctx.decode
 
@@ -332,6 +338,8 @@ def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         n_t, n_s = z_t.shape[1], z_s.shape[1]
         epoch = step // per_epoch
         k = k_schedule(epoch, epochs, family=fam, begin=begin, end=end, seq_num=seq_num or n_s)
+        if ref_tokens > 0 and fam != "1d":
+            k = (k * n_t) // ref_tokens
         k = jnp.clip(k, 0, min(n_s, n_t))
         lam = k.astype(jnp.float32) / n_t
         s_t, s_s = gate_scores(params["gate"], z_t), gate_scores(params["gate"], z_s)
