@@ -98,3 +98,16 @@ def tiny_swin_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_swin")
     transformers.SwinModel(cfg).save_pretrained(path, safe_serialization=True)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet_path(tmp_path_factory):
+    """A tiny random ResNet (bottleneck, stem 8, two stages 16/32) saved as a HF folder."""
+    import torch
+    import transformers
+
+    cfg = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1])
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_resnet")
+    transformers.ResNetModel(cfg).save_pretrained(path, safe_serialization=True)
+    return str(path)

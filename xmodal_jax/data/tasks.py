@@ -71,12 +71,13 @@ def digits(cfg: Any) -> Task:
     """scikit-learn's bundled 8×8 handwritten digits (1797 images, 10 classes), offline.
 
     ``cfg.layout``: ``"1x64"`` reads each image row by row as a 1-channel signal of length 64;
-    ``"8x8"`` as 8 channels (rows) of length 8. ``cfg.test_fraction`` of the images (stratified,
-    ``cfg.split_seed``) is the test split; ``cfg.train_limit`` (> 0) keeps only that many training
-    images (the few-label regime where pretrained bodies matter most).
+    ``"8x8"`` as 8 channels (rows) of length 8; ``"1x8x8"`` as a 1-channel 8×8 image (vision
+    bodies). ``cfg.test_fraction`` of the images (stratified, ``cfg.split_seed``) is the test
+    split; ``cfg.train_limit`` (> 0) keeps only that many training images (the few-label regime
+    where pretrained bodies matter most).
     """
     layout = cfg.get("layout", "1x64")
-    shapes = {"1x64": (1, 64), "8x8": (8, 8)}
+    shapes = {"1x64": (1, 64), "8x8": (8, 8), "1x8x8": (1, 8, 8)}
     if layout not in shapes:
         raise ValueError(f"config.task.layout={layout!r}; expected one of {sorted(shapes)}")
 

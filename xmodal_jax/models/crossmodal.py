@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xmodal_jax.models import embedders, heads
+from xmodal_jax.models import embedders, heads, resnet
 from xmodal_jax.models.pretrained import Pretrained, split
 
 Array = jax.Array
@@ -30,10 +30,12 @@ MODEL_GROUPS = ("embedder", "body", "head", "source_embedder")
 class TaskSpec:
     """What the model must map: per-example input shape → output kind and size.
 
-    ``input_shape`` is ``(C, L)`` for 1D signals or ``(C, H, W)`` for 2D fields/images (channels
-    first, as the tasks store them). ``output`` is one of :data:`OUTPUT_KINDS`; ``num_outputs`` is
-    the number of classes / labels / regression targets, or the output channels for ``dense``,
-    whose spatial size equals the input's unless ``output_hw`` says otherwise (2D only).
+    ``input_shape`` is ``(C, L)`` for 1D signals, ``(C, H, W)`` for 2D fields/images/spectrograms
+    (channels first, as the tasks store them) or ``(T, C, H, W)`` for videos of ``T`` frames (each
+    frame goes through the image path; pooled outputs only). ``output`` is one of
+    :data:`OUTPUT_KINDS`; ``num_outputs`` is the number of classes / labels / regression targets,
+    or the output channels for ``dense``, whose spatial size equals the input's unless
+    ``output_hw`` says otherwise (2D only).
     """
 
     input_shape: tuple[int, ...]
@@ -43,11 +45,13 @@ class TaskSpec:
     output_hw: tuple[int, int] | None = None
 
     def __post_init__(self):
-        if len(self.input_shape) not in (2, 3) or any(d < 1 for d in self.input_shape):
+        if len(self.input_shape) not in (2, 3, 4) or any(d < 1 for d in self.input_shape):
             raise ValueError(
-                f"TaskSpec.input_shape must be (C, L) or (C, H, W) of positive ints, got "
-                f"{self.input_shape}"
+                f"TaskSpec.input_shape must be (C, L), (C, H, W) or (T, C, H, W) of positive "
+                f"ints, got {self.input_shape}"
             )
+        if len(self.input_shape) == 4 and self.output == "dense":
+            raise ValueError("video tasks (T, C, H, W) support pooled outputs only, not 'dense'")
         if self.output not in OUTPUT_KINDS:
             raise ValueError(f"TaskSpec.output={self.output!r}; expected one of {OUTPUT_KINDS}")
         if self.num_outputs < 1:
@@ -58,11 +62,20 @@ class TaskSpec:
         """Whether inputs are ``[C, L]`` signals."""
         return len(self.input_shape) == 2
 
+    @property
+    def is_video(self) -> bool:
+        """Whether inputs are ``[T, C, H, W]`` frame sequences."""
+        return len(self.input_shape) == 4
+
 
 class CrossModalModel(nnx.Module):
     """Composes ``embedder → body → head``; ``source_embedder`` embeds source-modality inputs.
 
-    ``body_kwargs`` are static extra arguments of the body (Swin's token grid).
+    ``body_kwargs`` are static extra arguments of the body (Swin's and ResNet's token grid).
+    ``frames > 0`` makes a video model: inputs ``[B, T, C, H, W]`` are embedded frame by frame
+    into ``[B, T·N, D]`` target tokens, the body encodes each frame's ``N`` tokens separately
+    (batched as ``B·T`` images) and returns ``[B, T·N', D']``, so the pooled head's mean over
+    tokens is the temporal mean of the per-frame pooled features.
     """
 
     def __init__(
@@ -72,19 +85,43 @@ class CrossModalModel(nnx.Module):
         head: nnx.Module,
         source_embedder: nnx.Module,
         body_kwargs: dict[str, Any] | None = None,
+        frames: int = 0,
     ):
         self.embedder = embedder
         self.body = body
         self.head = head
         self.source_embedder = source_embedder
         self.body_kwargs = tuple(sorted((body_kwargs or {}).items()))
+        self.frames = int(frames)
 
     def embed(self, x: Array) -> Array:
-        """Target inputs → target tokens ``[B, N, D]``."""
-        return self.embedder(x)
+        """Target inputs → target tokens ``[B, N, D]`` (video: ``[B, T·N, D]``, frame-major)."""
+        if not self.frames:
+            return self.embedder(x)
+        if x.ndim != 5 or x.shape[1] != self.frames:
+            raise ValueError(
+                f"video input has shape {x.shape}; this model expects [B, {self.frames}, C, H, W]"
+            )
+        b = x.shape[0]
+        tokens = self.embedder(x.reshape(b * self.frames, *x.shape[2:]))
+        return tokens.reshape(b, -1, tokens.shape[-1])
 
     def encode(self, tokens: Array, attention_mask: Array | None = None) -> Array:
-        """Any tokens ``[B, N, D]`` → body output tokens (``attention_mask``: text bodies only)."""
+        """Target tokens ``[B, N, D]`` → body output tokens (``attention_mask``: text only).
+
+        A video model's tokens ``[B, T·N, D]`` are encoded per frame; source tokens go through
+        :meth:`encode_frame` directly.
+        """
+        if not self.frames:
+            return self.encode_frame(tokens, attention_mask)
+        b, n, d = tokens.shape
+        if n % self.frames:
+            raise ValueError(f"{n} video tokens do not split into {self.frames} frames")
+        out = self.encode_frame(tokens.reshape(b * self.frames, n // self.frames, d))
+        return out.reshape(b, -1, out.shape[-1])
+
+    def encode_frame(self, tokens: Array, attention_mask: Array | None = None) -> Array:
+        """Any single-image (or text) tokens ``[B, N, D]`` → body output tokens."""
         kwargs = dict(self.body_kwargs)
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
@@ -101,16 +138,17 @@ class CrossModalModel(nnx.Module):
     def source_features(self, attention_mask: Array | None = None, **inputs: Array) -> Array:
         """Source inputs (HF names) → body output tokens through the frozen source embedder.
 
-        Source images are resized to the body's image size first (CIFAR-10's 32 px → 224 for
-        Swin-B, as the reference does), so they land on the token grid the body expects.
+        Source images are resized to the target embedder's image size first (CIFAR-10's 32 px →
+        224 for Swin-B, as the reference does; a ResNet's task resolution), so they land on the
+        token grid the body expects.
         """
-        if "pixel_values" in inputs and isinstance(self.embedder, embedders.Embed2D):
-            hw = self.embedder.image_size
+        hw = getattr(self.embedder, "image_size", None)
+        if "pixel_values" in inputs and hw is not None:
             inputs = {
                 **inputs,
                 "pixel_values": embedders.resize_bilinear(inputs["pixel_values"], hw),
             }
-        return self.encode(self.source_embedder(**inputs), attention_mask)
+        return self.encode_frame(self.source_embedder(**inputs), attention_mask)
 
 
 def _swin_output_grid(depths: tuple[int, ...], grid: tuple[int, int]) -> tuple[int, int]:
@@ -135,8 +173,13 @@ def build_crossmodal(
     """Builds a :class:`CrossModalModel` for ``task`` and returns ``(graphdef, params)``.
 
     ``body_params`` defaults to the pretrained params (pass ``pretrained.random_params()`` for the
-    from-scratch baseline). 1D tasks need a text body, 2D tasks a vision body.
+    from-scratch baseline). 1D tasks need a text body, 2D and video tasks a vision body (ViT, Swin
+    or ResNet); a video task builds the image model of one frame and runs it per frame.
     """
+    frames = 0
+    if task.is_video:
+        frames = task.input_shape[0]
+        task = dataclasses.replace(task, input_shape=tuple(task.input_shape[1:]))
     rngs = nnx.Rngs(seed)
     full = pretrained.module(body_params)
     cfg = pretrained.config
@@ -164,8 +207,10 @@ def build_crossmodal(
         if pretrained.modality != "vision":
             raise ValueError(
                 f"2D task input {task.input_shape} needs a vision body; {pretrained.path} is "
-                f"{kind!r}. Use a ViT/Swin folder or flatten the task to 1D (C, H·W)."
+                f"{kind!r}. Use a ViT/Swin/ResNet folder or flatten the task to 1D (C, H·W)."
             )
+        if kind == "resnet":
+            return _build_resnet(task, pretrained, full, frames, init_embedder_from_body, rngs)
         is_swin = kind == "swin"
         embedder = embedders.Embed2D(
             c_in,
@@ -204,9 +249,51 @@ def build_crossmodal(
                 rngs=rngs,
             )
     else:
-        head = heads.PooledHead(full.output_dim, task.num_outputs, skip_tokens=skip, rngs=rngs)
+        head = heads.PooledHead(
+            full.output_dim, task.num_outputs, skip_tokens=skip, frames=frames or 1, rngs=rngs
+        )
 
-    model = CrossModalModel(embedder, full.encoder, head, full.embeddings, body_kwargs)
+    model = CrossModalModel(embedder, full.encoder, head, full.embeddings, body_kwargs, frames)
+    return _split_fresh(model)
+
+
+def _build_resnet(
+    task: TaskSpec,
+    pretrained: Pretrained,
+    full: nnx.Module,
+    frames: int,
+    init_embedder_from_body: bool,
+    rngs: nnx.Rngs,
+) -> tuple[nnx.GraphDef, dict]:
+    """ResNet: embedder = a new stem for the task's channels and size; body = the stages.
+
+    The stem (conv 7×7/2 + BN + max pool) is the ResNet's input layer, so it plays the role of
+    the patch embedding: the target stem copies the pretrained one (kernel adapted to the input
+    channels, :func:`resnet.adapt_stem_kernel`), the pretrained stem stays the source embedder.
+    The pooled head reads the mean of the final feature map (HF's ``pooler_output``).
+    """
+    if task.output == "dense":
+        raise ValueError(
+            "dense outputs are not implemented for ResNet bodies (no decoder head for a "
+            "strided CNN yet); use a ViT/Swin body for dense tasks"
+        )
+    cfg = pretrained.config
+    embedder = resnet.ResNetStem(
+        task.input_shape[0],
+        cfg.embedding_size,
+        cfg.hidden_act,
+        rngs,
+        image_size=tuple(task.input_shape[1:]),
+    )
+    if init_embedder_from_body:
+        embedders.init_from_body(embedder, full.embeddings)
+    head = heads.PooledHead(full.output_dim, task.num_outputs, rngs=rngs)
+    body_kwargs = {"grid_hw": embedder.grid}
+    model = CrossModalModel(embedder, full.encoder, head, full.embeddings, body_kwargs, frames)
+    return _split_fresh(model)
+
+
+def _split_fresh(model: CrossModalModel) -> tuple[nnx.GraphDef, dict]:
     graphdef, params = split(model)
     # Fresh buffers: the body group and the copied embedder weights would otherwise alias
     # `pretrained.params` (and each other), and donating them in a jitted step would delete the

@@ -200,5 +200,7 @@ def init_from_body(embedder: nnx.Module, body_embeddings: nnx.Module) -> None:
                     f"{embedder.position.shape}"
                 )
             embedder.position[...] = body_embeddings.position[...]
+    elif hasattr(embedder, "init_from_body"):  # embedders defined next to their body (ResNet)
+        embedder.init_from_body(body_embeddings)
     else:
         raise TypeError(f"cannot initialise {type(embedder).__name__} from a body")

@@ -31,18 +31,42 @@ def masked_mean(tokens: Array, mask: Array | None) -> Array:
 
 
 class PooledHead(nnx.Module):
-    """Mean-pool the tokens (skipping ``skip_tokens`` leading ones, e.g. a class token) → Linear."""
+    """Mean-pool the tokens (skipping ``skip_tokens`` leading ones, e.g. a class token) → Linear.
 
-    def __init__(self, dim: int, num_outputs: int, *, skip_tokens: int = 0, rngs: nnx.Rngs):
+    With ``frames = T > 1`` the tokens are ``[B, T·N, D]`` (T frames of N tokens, as a video
+    model's body returns them) and the leading tokens are skipped in every frame, so the pooled
+    vector is the temporal mean of the per-frame pooled features.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_outputs: int,
+        *,
+        skip_tokens: int = 0,
+        frames: int = 1,
+        rngs: nnx.Rngs,
+    ):
         self.skip_tokens = skip_tokens
+        self.frames = frames
         self.linear = layers.dense(dim, num_outputs, rngs)
 
-    def __call__(self, tokens: Array, mask: Array | None = None) -> Array:
+    def pool(self, tokens: Array, mask: Array | None = None) -> Array:
+        """The pooled features ``[B, D]`` the linear layer reads."""
         chex.assert_rank(tokens, 3)
+        if self.frames > 1:
+            if mask is not None:
+                raise ValueError("PooledHead: token masks are not supported for video (frames > 1)")
+            b, n, d = tokens.shape
+            tokens = tokens.reshape(b, self.frames, n // self.frames, d)[:, :, self.skip_tokens :]
+            return tokens.mean(axis=(1, 2))
         if self.skip_tokens:
             tokens = tokens[:, self.skip_tokens :]
             mask = None if mask is None else mask[:, self.skip_tokens :]
-        return self.linear(masked_mean(tokens, mask))
+        return masked_mean(tokens, mask)
+
+    def __call__(self, tokens: Array, mask: Array | None = None) -> Array:
+        return self.linear(self.pool(tokens, mask))
 
 
 class Dense1DHead(nnx.Module):

@@ -185,9 +185,11 @@ class ConvBN(nnx.Module):
 
 def max_pool_3x3_s2(x: Array) -> Array:
     """PyTorch ``MaxPool2d(3, stride=2, padding=1)`` on NHWC (padding never wins the max)."""
+    # A Python-scalar init lets JAX recognise the max monoid (reduce_window_max, differentiable);
+    # an array init would lower to the generic reduce_window, which has no reverse-mode rule.
     return jax.lax.reduce_window(
         x,
-        jnp.array(-jnp.inf, x.dtype),
+        -jnp.inf,
         jax.lax.max,
         (1, 3, 3, 1),
         (1, 2, 2, 1),
