@@ -213,7 +213,8 @@ def _val_size(n_train: int, val_size: float) -> int:
 
 
 def load_splits(config: ml_collections.ConfigDict, task: tasks.Task) -> dict:
-    """The task's splits, with validation carved from train when the task has none."""
+    """The task's splits: validation carved from train when the task has none, then the labelled
+    subset (``data.label_ratio``)."""
     splits = task.load()
     for name in ("train", "test"):
         if name not in splits:
@@ -227,6 +228,14 @@ def load_splits(config: ml_collections.ConfigDict, task: tasks.Task) -> dict:
             stratify="y" if task.classes else None,
         )
         splits = {**splits, "train": train, "val": val}
+    ratio = float(config.data.get("label_ratio", 1.0))
+    if ratio != 1.0:
+        # After the validation carve: every method sees the same labelled subset and the same
+        # (fully labelled) validation split; the rest of train is "unlabeled" (SSL data).
+        if not task.classes:
+            raise ValueError(f"data.label_ratio={ratio}: task {task.name!r} has no class labels")
+        labelled, unlabeled = pipeline.label_subset(splits["train"], ratio, seed=int(config.seed))
+        splits = {**splits, "train": labelled, "unlabeled": unlabeled}
     return splits
 
 

@@ -178,3 +178,26 @@ def carve_validation(
     train = {k: v[~mask] for k, v in arrays.items()}
     val = {k: v[mask] for k, v in arrays.items()}
     return train, val
+
+
+def label_subset(
+    arrays: Arrays, ratio: float, *, seed: int, label: str = "y"
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Keeps the labels of ``ratio`` of each class (seeded), returns ``(labelled, unlabelled)``.
+
+    Class ``c`` with ``n_c`` examples keeps ``max(1, round(ratio·n_c))`` of them (round half up),
+    so every class stays represented; the rest (possibly none) is the unlabelled split. Rows keep
+    their original order inside each part. The semi-supervised splits of LSG / Self-Tuning
+    (15 / 30 / 50 / 100 % labelled per class) for any classification dataset.
+    """
+    n = _check(arrays)
+    if not 0 < ratio <= 1:
+        raise ValueError(f"label ratio {ratio} must be in (0, 1]")
+    labels = np.asarray(arrays[label])
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(n, bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = min(len(idx), max(1, int(np.floor(ratio * len(idx) + 0.5))))
+        keep[rng.permutation(idx)[:k]] = True
+    return {k: v[keep] for k, v in arrays.items()}, {k: v[~keep] for k, v in arrays.items()}

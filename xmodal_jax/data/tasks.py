@@ -38,6 +38,9 @@ class Task:
     # Unit-Gaussian target normaliser fit on train: the model predicts normalised targets and
     # its outputs are decoded before the loss and the metric (Darcy, PDEBench CFD).
     normalize_targets: bool = False
+    # Human-readable class names (index = class id), for methods that read label text (LSG);
+    # empty when the task has none or its labels are bare numbers.
+    class_names: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, Callable[[Any], Task]] = {}
@@ -102,7 +105,8 @@ def digits(cfg: Any) -> Task:
         return {"train": {"x": x_tr, "y": y_tr}, "test": {"x": x_te, "y": y_te}}
 
     spec = TaskSpec(shapes[layout], "classification", 10, target_seq_len=int(cfg.target_seq_len))
-    return Task("digits", spec, loss="ce", metric="error", load=load)
+    names = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    return Task("digits", spec, loss="ce", metric="error", load=load, class_names=names)
 
 
 @register("synthetic")
@@ -319,6 +323,7 @@ def _eager(name: str, read: Callable[[], tuple[Splits, dict]], make_spec) -> Tas
         load=lambda: splits,
         classes=info.get("task", "classification") == "classification",
         normalize_targets=bool(info.get("normalize_targets", False)),
+        class_names=tuple(str(c) for c in info.get("classes", ())),
     )
 
 
