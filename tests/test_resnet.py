@@ -299,9 +299,9 @@ def test_rejected_combinations(tiny_resnet):
 
 
 def test_gradients_reach_every_group(tiny_resnet):
-    task = xm.TaskSpec((2, 1, 12, 12), "classification", 3)
+    task = xm.TaskSpec((2, 1, 8, 8), "classification", 3)
     graphdef, params = xm.build_crossmodal(task, tiny_resnet)
-    x = jnp.asarray(_pixels((2, 2, 1, 12, 12)))
+    x = jnp.asarray(_pixels((2, 2, 1, 8, 8)))
     y = jnp.array([0, 2])
 
     def loss(p):
@@ -323,12 +323,12 @@ def test_gradients_reach_every_group(tiny_resnet):
 def test_train_end_to_end_on_digit_images(tiny_resnet_path, tmp_path):
     from configs import tiny
 
-    c = tiny.get_config("steps=4")
+    c = tiny.get_config("steps=2")
     c.unlock()
     c.body.path = tiny_resnet_path
     c.task = ml_collections.ConfigDict(
         dict(name="digits", layout="1x8x8", target_seq_len=64, train_limit=64, test_fraction=0.05)
     )
-    c.eval_every = 4
+    c.eval_every = 2
     res = train_lib.train(c, str(tmp_path / "run"), verbose=False)
     assert np.isfinite(res["test_last"]) and 0 <= res["test_last"] <= 100
