@@ -8,8 +8,8 @@ badminton / running / standing / walking), ``labels`` (% of train labelled per c
 100), ``mode`` (ce: plain CE on the labelled subset; ceaug: CE on the same two augmented views LSG
 uses, no graph; tl: LSG transfer; ssl: LSG + pseudo-labelled unlabelled data), ``seed`` (model
 init, label subset, batches), ``steps``, ``batch``, ``tsl`` (the 1D embedder's target sequence
-length), ``body`` (local HF folder, "" = the shipped MiniLM), ``lr``, ``cg``/``cc``/``cu`` (the
-graph-loss weights), ``gcn_steps`` (stage 1).
+length; 0 = the dataset's default), ``body`` (local HF folder, "" = the shipped MiniLM), ``lr``,
+``cg``/``cc``/``cu`` (the graph-loss weights), ``gcn_steps`` (stage 1).
 
 Every mode trains embedder + body + head for the same number of steps with the same optimiser;
 validation (carved from train before the label split, fully labelled, the same for all modes)
@@ -22,14 +22,16 @@ from configs.common import parse_arg
 from xmodal_jax import config_lib
 
 DATASETS = {
-    # name: (task section, val_size, default batch, default steps)
+    # name: (task section, val_size, default batch, default steps, eval every, target_seq_len)
     "digits": (
         dict(name="digits", layout="8x8", test_fraction=0.3, split_seed=0, train_limit=0),
         0.1,
         16,
-        200,
+        120,
+        40,
+        8,
     ),
-    "basicmotions": (dict(name="ucr", dataset="BasicMotions"), 0.2, 4, 150),
+    "basicmotions": (dict(name="ucr", dataset="BasicMotions"), 0.2, 4, 100, 25, 16),
 }
 MODES = ("ce", "ceaug", "tl", "ssl")
 
@@ -44,9 +46,9 @@ def get_config(arg: str | None = None):
         seed=0,
         steps=0,
         batch=0,
-        tsl=16,
+        tsl=0,
         body="",
-        lr=1e-4,
+        lr=3e-4,
         cg=1.0,
         cc=8.0,
         cu=1.0,
@@ -60,11 +62,11 @@ def get_config(arg: str | None = None):
         raise ValueError(f"labels={a.labels}: a percentage in (0, 100]")
     if a.mode == "ssl" and a.labels == 100:
         raise ValueError("mode=ssl needs unlabelled data: labels < 100")
-    task, val_size, batch, steps = DATASETS[a.dataset]
+    task, val_size, batch, steps, eval_every, tsl = DATASETS[a.dataset]
     c = config_lib.base_config()
     c.seed = a.seed
     c.body.path = a.body
-    c.task.update(dict(task, target_seq_len=a.tsl))
+    c.task.update(dict(task, target_seq_len=a.tsl or tsl))
     c.data.update(
         dict(
             batch_size=a.batch or batch,
@@ -100,7 +102,7 @@ def get_config(arg: str | None = None):
             **common,
         )
     c.stage_order = "train"
-    c.log_every = 25
-    c.eval_every = 25
+    c.log_every = 10
+    c.eval_every = eval_every
     c.lock()
     return c

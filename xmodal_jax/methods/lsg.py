@@ -401,6 +401,34 @@ def _rownorm_ce(z: Array, labels: Array) -> Array:
     return optax.softmax_cross_entropy_with_integer_labels(z, labels).mean()
 
 
+def _gcn_tx(lr: float, momentum: float, weight_decay: float) -> optax.GradientTransformation:
+    # PyTorch SGD's coupled weight decay: added to the gradient before momentum.
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=momentum, nesterov=True)
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("lr", "momentum", "weight_decay"))
+def _gcn_run(params, opt, graph, labels, n, *, lr, momentum, weight_decay):
+    """``n`` (traced) full-batch SGD steps in one ``fori_loop``: one compile for every chunk."""
+    tx = _gcn_tx(lr, momentum, weight_decay)
+
+    def body(_, carry):
+        p, opt, _ = carry
+        loss, grads = jax.value_and_grad(
+            lambda q: _rownorm_ce(gnn.gcn_apply(q, graph, graph.nodes)[1], labels)
+        )(p)
+        updates, opt = tx.update(grads, opt, p)
+        return optax.apply_updates(p, updates), opt, loss
+
+    return jax.lax.fori_loop(0, n, body, (params, opt, jnp.zeros(())))
+
+
+@jax.jit
+def _gcn_accuracy(params, graph, labels):
+    return (gnn.gcn_apply(params, graph, graph.nodes)[1].argmax(1) == labels).mean()
+
+
 def train_gcn(
     embeddings: np.ndarray,
     *,
@@ -438,26 +466,14 @@ def train_gcn(
     g_tr = build_label_graph(x_tr, np.asarray(labels), edge_ratio)
     g_va = build_label_graph(x_va, np.asarray(labels), edge_ratio)
     params = gnn.gcn_init(jax.random.key(seed), d, d, c)
-    tx = optax.chain(
-        optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=momentum, nesterov=True)
-    )
+    hyper = dict(lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay))
+    tx = _gcn_tx(**hyper)
 
-    def loss_fn(p, g):
-        return _rownorm_ce(gnn.gcn_apply(p, g, g.nodes)[1], labels)
-
-    @jax.jit
     def run(p, opt, g, n):
-        def body(_, carry):
-            p, opt, _ = carry
-            loss, grads = jax.value_and_grad(loss_fn)(p, g)
-            updates, opt = tx.update(grads, opt, p)
-            return optax.apply_updates(p, updates), opt, loss
+        return _gcn_run(p, opt, g, labels, n, **hyper)
 
-        return jax.lax.fori_loop(0, n, body, (p, opt, jnp.zeros(())))
-
-    @jax.jit
     def accuracy(p, g):
-        return (gnn.gcn_apply(p, g, g.nodes)[1].argmax(1) == labels).mean()
+        return _gcn_accuracy(p, g, labels)
 
     t0 = time.time()
     opt = tx.init(params)
