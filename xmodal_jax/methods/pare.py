@@ -65,6 +65,7 @@ def relaxed_topk(
     k_max: int,
     tau: float = 0.9,
     gumbel_on: str = "prob",
+    unroll: int = 1,
 ) -> tuple[Array, Array, Array]:
     """Relaxed Gumbel top-k (spec §3 phase A) → ``(soft, hard, straight_through)``, each ``[B, N]``.
 
@@ -98,7 +99,9 @@ def relaxed_topk(
         ), None
 
     zeros = jnp.zeros_like(scores)
-    (_, _, soft), _ = jax.lax.scan(round_, (w, zeros, zeros), jnp.arange(k_max))
+    (_, _, soft), _ = jax.lax.scan(
+        round_, (w, zeros, zeros), jnp.arange(k_max), unroll=min(unroll, max(k_max, 1))
+    )
     hard = (_ranks(jax.lax.stop_gradient(soft)) < k).astype(scores.dtype)
     # Parenthesised so the forward value is exactly `hard` (soft − soft is exactly 0).
     return soft, hard, hard + (soft - jax.lax.stop_gradient(soft))
@@ -160,20 +163,26 @@ def select_and_mix(
     tau: float = 0.9,
     gumbel_on: str = "prob",
     pairing: str = "position",
+    k_range: tuple[int, int] | None = None,
 ) -> Array:
     """Both phases behind one ``lax.cond`` on ``phase_a`` (traced): → ``z_mix``.
 
     Phase A: the source keeps the relaxed top-k, the target the relaxed top-(N_t − k); the k
     unkept target slots are overwritten. Phase B: the k highest-scoring source tokens go into
     the k lowest-scoring target slots (most important source → least important slot), no gate
-    gradient. ``pairing="rank"`` orders phase A's chosen tokens by score too.
+    gradient. ``pairing="rank"`` orders phase A's chosen tokens by score too. ``k_range`` =
+    static (min, max) of k over the run (from the schedule) bounds the relaxed rounds: the source
+    side runs k_max rounds, the target side N_t − k_min (instead of N_s and N_t).
     """
     n_t, n_s = z_t.shape[1], z_s.shape[1]
+    k_lo, k_hi = k_range if k_range is not None else (0, min(n_s, n_t))
     ks, kt = jax.random.split(key)
 
     def phase_a_fn():
-        _, _, m_s = relaxed_topk(s_s, k, ks, k_max=n_s, tau=tau, gumbel_on=gumbel_on)
-        _, _, m_t = relaxed_topk(s_t, n_t - k, kt, k_max=n_t, tau=tau, gumbel_on=gumbel_on)
+        _, _, m_s = relaxed_topk(s_s, k, ks, k_max=min(k_hi, n_s), tau=tau, gumbel_on=gumbel_on)
+        _, _, m_t = relaxed_topk(
+            s_t, n_t - k, kt, k_max=n_t - max(k_lo, 0), tau=tau, gumbel_on=gumbel_on
+        )
         rank = pairing == "rank"
         src = chosen_first(m_s, s_s if rank else None)
         tgt = chosen_first(1.0 - m_t, -s_t if rank else None)
@@ -196,8 +205,15 @@ def k_schedule(
     """k(epoch) of spec §4 in exact integer arithmetic (traced ``epoch`` is fine).
 
     2D / dense: ``int(begin − end·ep/E)`` (``end`` is the total decrease); 1D:
-    ``int(seq_num·(1 − ep/E))``. Never negative.
+    ``int(seq_num·(1 − ep/E))``. Never negative. A Python ``int`` epoch gives a Python int.
     """
+    if isinstance(epoch, int | np.integer):
+        ep = int(epoch)
+        if family == "1d":
+            return max((seq_num * (epochs - ep)) // epochs, 0)
+        if family in ("2d", "dense"):
+            return max(begin - (end * ep + epochs - 1) // epochs, 0)
+        raise ValueError(f"family={family!r}; expected one of {FAMILIES}")
     ep = jnp.asarray(epoch, jnp.int32)
     if family == "1d":
         k = (seq_num * (epochs - ep)) // epochs
@@ -286,9 +302,10 @@ def source_tokens(model: Any, source: dict, skip: int) -> Array:
     else:
         from xmodal_jax.models import embedders
 
-        px = source["pixel_values"]
-        if isinstance(model.embedder, embedders.Embed2D):
-            px = embedders.resize_bilinear(px, model.embedder.image_size)
+        # Onto the target embedder's image size, so source and target share the token grid.
+        px, hw = source["pixel_values"], getattr(model.embedder, "image_size", None)
+        if hw is not None:
+            px = embedders.resize_bilinear(px, hw)
         z = model.source_embedder(pixel_values=px)
     return jax.lax.stop_gradient(z[:, skip:])
 
@@ -337,10 +354,17 @@ def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         z_s = source_tokens(model, src, skip)
         n_t, n_s = z_t.shape[1], z_s.shape[1]
         epoch = step // per_epoch
-        k = k_schedule(epoch, epochs, family=fam, begin=begin, end=end, seq_num=seq_num or n_s)
-        if ref_tokens > 0 and fam != "1d":
-            k = (k * n_t) // ref_tokens
-        k = jnp.clip(k, 0, min(n_s, n_t))
+
+        def k_at(ep):
+            k = k_schedule(ep, epochs, family=fam, begin=begin, end=end, seq_num=seq_num or n_s)
+            if ref_tokens > 0 and fam != "1d":
+                k = (k * n_t) // ref_tokens
+            return jnp.clip(k, 0, min(n_s, n_t)) if isinstance(k, jax.Array) else min(k, n_s, n_t)
+
+        k = k_at(epoch)
+        # k is non-increasing in the epoch: its first and last values (Python ints) bound the
+        # relaxed rounds.
+        k_range = (k_at(epochs - 1), k_at(0))
         lam = k.astype(jnp.float32) / n_t
         s_t, s_s = gate_scores(params["gate"], z_t), gate_scores(params["gate"], z_s)
         z_mix = select_and_mix(
@@ -354,6 +378,7 @@ def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
             tau=tau,
             gumbel_on=gumbel_on,
             pairing=pairing,
+            k_range=k_range,
         )
         z_mix = jnp.concatenate([prefix, z_mix], axis=1)
         extras = {k_: batch[k_] for k_ in task.loss_extras}
