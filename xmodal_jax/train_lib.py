@@ -30,7 +30,7 @@ import optax
 from xmodal_jax import checkpoint, config_lib, methods, metrics, parallel
 from xmodal_jax.data import formats, pipeline, sources, tasks
 from xmodal_jax.methods.base import Context, Stage
-from xmodal_jax.models import crossmodal
+from xmodal_jax.models import crossmodal, layers
 from xmodal_jax.models.pretrained import Pretrained, load_pretrained
 
 
@@ -282,7 +282,8 @@ def setup(config: ml_collections.ConfigDict) -> Run:
     abstract = jax.eval_shape(init, body_params)
     shardings = parallel.param_shardings(abstract, mesh, [tuple(r) for r in config.sharding_rules])
     params = jax.jit(init, out_shardings=shardings)(body_params)
-    graphdef = captured["graphdef"]
+    # Per-block remat is a static attribute of the graphdef; the params are the same either way.
+    graphdef = layers.with_remat(captured["graphdef"], abstract, config.body.get("remat", "none"))
     # Source data for alignment objectives.
     source, feats = sources.load(config.source, pretrained, seed=int(config.seed))
     ctx = Context(

@@ -7,6 +7,8 @@ Parameter names follow one convention across the package (``kernel``/``bias`` fo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -98,17 +100,141 @@ class MLP(nnx.Module):
         return self.fc2(activation(self.act_name)(self.fc1(x)))
 
 
-def run_stack(stack, tokens: Array, attention_mask: Array | None, dim: int) -> Array:
+# Per-block rematerialisation policies (``config.body.remat``): what each block keeps from its
+# forward pass for the backward pass. "none": everything (no remat). "full": only the block's
+# inputs; the backward pass recomputes the block, and under a second differentiation (MoNA's grad
+# of grad) the block's backward is recomputed the same way (:func:`recompute_in_backward`).
+# "dots_saveable" / "dots_with_no_batch_dims_saveable": ``jax.checkpoint`` with that policy
+# (matmul outputs saved, elementwise work recomputed); XLA honours these on GPU/TPU, but the CPU
+# compiler drops the optimization barriers early and schedules the recompute into the forward
+# pass, so on CPU they save nothing (measured; tests/test_remat.py).
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _after(tree: Any, cotangent: Any) -> Any:
+    """``tree`` made data-dependent on ``cotangent`` (values unchanged unless it holds a NaN).
+
+    The recompute in a backward pass then cannot be scheduled before the cotangent exists, which
+    is what keeps the forward activations from being live all at once. An optimization barrier
+    would say the same but is erased early by XLA's CPU pipeline; a NaN check cannot be.
+    """
+    leaves = [c for c in jax.tree.leaves(cotangent) if jnp.issubdtype(c.dtype, jnp.inexact)]
+    if not leaves:
+        return tree
+    bad = jnp.isnan(jnp.sum(leaves[0]))
+    return jax.tree.map(
+        lambda t: jnp.where(bad, jnp.nan, t) if jnp.issubdtype(t.dtype, jnp.inexact) else t, tree
+    )
+
+
+def recompute_in_backward(fn: Callable[..., Any], depth: int = 2) -> Callable[..., Any]:
+    """``fn`` whose reverse-mode derivative stores only its inputs and recomputes the rest.
+
+    A ``jax.custom_vjp``: the forward saves the arguments; the backward re-runs ``fn`` (tied to
+    the cotangent by :func:`_after`) and applies its VJP. With ``depth`` 2 that backward is itself
+    wrapped the same way, so differentiating a gradient (reverse over reverse) also stores only
+    block inputs and cotangents per block. Arguments are pytrees of arrays; static values must be
+    closed over by ``fn``. Reverse mode only (``jax.jvp`` of a custom_vjp is unsupported).
+    """
+
+    @jax.custom_vjp
+    def f(*args):
+        return fn(*args)
+
+    def fwd(*args):
+        return fn(*args), args
+
+    def vjp_of(*args_and_ct):
+        *args, ct = args_and_ct
+        return jax.vjp(fn, *args)[1](ct)
+
+    def bwd(args, ct):
+        args = _after(args, ct)
+        if depth > 1:
+            return recompute_in_backward(vjp_of, depth - 1)(*args, ct)
+        return vjp_of(*args, ct)
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
+def check_remat(policy: str) -> str:
+    """Returns ``policy`` if it names a :data:`REMAT_POLICIES` entry, else a ValueError."""
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"remat policy {policy!r}; expected one of {sorted(REMAT_POLICIES)}")
+    return policy
+
+
+def call_block(block: nnx.Module, policy: str, x: Array, *args: Any) -> Array:
+    """``block(x, *args)``, rematerialised under ``policy`` (a :data:`REMAT_POLICIES` name).
+
+    The block is split into (graphdef, state) and called as a pure function of its state, so the
+    remat sits inside plain-JAX differentiation (MoNA's grad of grad) without nesting nnx
+    transforms. Array ``args`` (the attention bias) are passed through; others (Swin's static
+    token grid, a ``None`` bias) are closed over.
+    """
+    if check_remat(policy) == "none":
+        return block(x, *args)
+    graphdef, state = nnx.split(block)
+    arrays = [a for a in args if isinstance(a, jax.Array)]
+
+    def pure(state, x, *arrays):
+        it = iter(arrays)
+        call_args = [next(it) if isinstance(a, jax.Array) else a for a in args]
+        return nnx.merge(graphdef, state)(x, *call_args)
+
+    if policy == "full":
+        return recompute_in_backward(pure)(state, x, *arrays)
+    return jax.checkpoint(pure, policy=REMAT_POLICIES[policy])(state, x, *arrays)
+
+
+def set_remat(module: nnx.Module, policy: str) -> nnx.Module:
+    """Sets ``remat_policy`` on every submodule of ``module`` that has one (the body stacks).
+
+    The policy is a static attribute, so it lives in the graphdef: the params pytree is the same
+    under every policy, and a jitted step compiles once per (policy, shape).
+    """
+    check_remat(policy)
+    for _, sub in nnx.iter_graph(module):
+        if isinstance(sub, nnx.Module) and hasattr(sub, "remat_policy"):
+            sub.remat_policy = policy
+    return module
+
+
+def with_remat(graphdef: nnx.GraphDef, params: Any, policy: str) -> nnx.GraphDef:
+    """The graphdef of the same model with every body stack rematerialised under ``policy``.
+
+    Selects remat per run without rebuilding or copying weights: the model is merged from
+    abstract ``ShapeDtypeStruct`` leaves (``params`` only gives the structure), re-tagged with
+    :func:`set_remat` and split again; ``params`` fits the returned graphdef unchanged.
+    """
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), params
+    )
+    model = nnx.merge(graphdef, abstract)
+    return nnx.split(set_remat(model, policy))[0]
+
+
+def run_stack(
+    stack, tokens: Array, attention_mask: Array | None, dim: int, remat: str = "none"
+) -> Array:
     """Runs ``layer(tokens, bias)`` for each layer, after checking ``tokens`` is ``[B, L, dim]``.
 
     The check turns a wrongly sized embedder into a clear error instead of an XLA shape failure
-    deep inside the first attention layer.
+    deep inside the first attention layer. ``remat`` (a :data:`REMAT_POLICIES` name) wraps each
+    layer in ``jax.checkpoint``: per block, so a backward pass keeps one block's activations at a
+    time instead of the whole stack's.
     """
     if tokens.ndim != 3 or tokens.shape[-1] != dim:
         raise ValueError(f"tokens have shape {tokens.shape}; the body expects [B, L, {dim}]")
     bias = mask_to_bias(attention_mask, tokens.dtype)
     for layer in stack:
-        tokens = layer(tokens, bias)
+        tokens = call_block(layer, remat, tokens, bias)
     return tokens
 
 

@@ -127,9 +127,12 @@ class TextEncoder(nnx.Module):
     def __init__(self, cfg: TextConfig, rngs: nnx.Rngs):
         self.layers = nnx.List([EncoderLayer(cfg, rngs) for _ in range(cfg.num_layers)])
         self.hidden_size = cfg.hidden_size
+        self.remat_policy = "none"  # per-layer jax.checkpoint policy: layers.set_remat
 
     def __call__(self, tokens: Array, attention_mask: Array | None = None) -> Array:
-        return layers.run_stack(self.layers, tokens, attention_mask, self.hidden_size)
+        return layers.run_stack(
+            self.layers, tokens, attention_mask, self.hidden_size, self.remat_policy
+        )
 
 
 class TextModel(layers.Body):

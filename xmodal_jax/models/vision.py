@@ -216,9 +216,13 @@ class ViTEncoder(nnx.Module):
         self.hidden_size = cfg.hidden_size
         self.layers = nnx.List([ViTLayer(cfg, rngs) for _ in range(cfg.num_layers)])
         self.norm = layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs)
+        self.remat_policy = "none"  # per-layer jax.checkpoint policy: layers.set_remat
 
     def __call__(self, tokens: Array, attention_mask: Array | None = None) -> Array:
-        return self.norm(layers.run_stack(self.layers, tokens, attention_mask, self.hidden_size))
+        x = layers.run_stack(
+            self.layers, tokens, attention_mask, self.hidden_size, self.remat_policy
+        )
+        return self.norm(x)
 
 
 class ViTModel(layers.Body):
@@ -480,9 +484,11 @@ class SwinStage(nnx.Module):
         last = stage == len(cfg.depths) - 1
         self.downsample = None if last else SwinPatchMerging(cfg.stage_dim(stage), rngs)
 
-    def __call__(self, x: Array, hw: tuple[int, int]) -> tuple[Array, tuple[int, int]]:
+    def __call__(
+        self, x: Array, hw: tuple[int, int], remat: str = "none"
+    ) -> tuple[Array, tuple[int, int]]:
         for block in self.blocks:
-            x = block(x, hw)
+            x = layers.call_block(block, remat, x, hw)
         if self.downsample is not None:
             x = self.downsample(x, hw)
             hw = ((hw[0] + 1) // 2, (hw[1] + 1) // 2)
@@ -500,6 +506,7 @@ class SwinEncoder(nnx.Module):
         self.cfg = cfg
         self.stages = nnx.List([SwinStage(cfg, i, rngs) for i in range(len(cfg.depths))])
         self.norm = layers.layer_norm(cfg.stage_dim(len(cfg.depths) - 1), cfg.layer_norm_eps, rngs)
+        self.remat_policy = "none"  # per-block jax.checkpoint policy: layers.set_remat
 
     def __call__(self, tokens: Array, grid_hw: tuple[int, int] | None = None) -> Array:
         chex.assert_rank(tokens, 3)
@@ -510,7 +517,7 @@ class SwinEncoder(nnx.Module):
                 f"[B, {hw[0] * hw[1]}, {self.cfg.embed_dim}] (pass grid_hw for other grids)"
             )
         for stage in self.stages:
-            tokens, hw = stage(tokens, hw)
+            tokens, hw = stage(tokens, hw, self.remat_policy)
         return self.norm(tokens)
 
 
