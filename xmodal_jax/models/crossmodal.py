@@ -203,6 +203,22 @@ def build_crossmodal(
             eps=cfg.layer_norm_eps,
             rngs=rngs,
         )
+    elif pretrained.modality == "text":
+        # A 2D input on a text body: row-major patch tokens + the body's own 1D positions; patch
+        # size from target_seq_len (embedders.patch2d_size). No LayerNorm: blank patches make
+        # constant tokens, and LN's 1/σ on them (text eps 1e-12) blows the gradients up.
+        hw = tuple(task.input_shape[1:])
+        embedder = embedders.Embed2D(
+            c_in,
+            cfg.hidden_size,
+            image_size=hw,
+            patch_size=embedders.patch2d_size(hw, task.target_seq_len),
+            norm=False,
+            cls_and_positions=False,
+            positions=True,
+            eps=cfg.layer_norm_eps,
+            rngs=rngs,
+        )
     else:
         if pretrained.modality != "vision":
             raise ValueError(

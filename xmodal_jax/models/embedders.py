@@ -99,11 +99,34 @@ def resize_bilinear(x: Array, hw: tuple[int, int]) -> Array:
     return jax.image.resize(x, (*x.shape[:-2], *hw), method="linear", antialias=False)
 
 
+def patch2d_size(hw: tuple[int, int], target_seq_len: int) -> int:
+    """The 2D analogue of :func:`conv1d_stride`: the smallest patch ``p`` dividing H and W with
+    ``(H/p)·(W/p) <= target_seq_len`` (used when a 2D input feeds a text body).
+
+    A choice that leaves a single token (``p = H = W``) for an image larger than the budget is an
+    error naming the numbers, as in the 1D rule.
+    """
+    h, w = int(hw[0]), int(hw[1])
+    if min(h, w, target_seq_len) < 1:
+        raise ValueError(f"image {hw} and target_seq_len ({target_seq_len}) must be ≥ 1")
+    for p in range(1, min(h, w) + 1):
+        if h % p == 0 and w % p == 0 and (h // p) * (w // p) <= target_seq_len:
+            if (h // p) * (w // p) == 1 and h * w > target_seq_len:
+                break
+            return p
+    raise ValueError(
+        f"image {h}×{w} has no common patch size p with (H/p)·(W/p) ≤ target_seq_len="
+        f"{target_seq_len} and more than one token; crop the image or raise target_seq_len"
+    )
+
+
 class Embed2D(nnx.Module):
     """Bilinear resize → Conv(C→D, kernel = stride = patch) → [LayerNorm] [+ cls + positions].
 
     Input ``[B, C, H, W]``; output ``[B, N, D]`` with row-major patches. ``norm=True`` is Swin's
     patch embedding; ``cls_and_positions=True`` is ViT's (class token prepended, learned positions).
+    ``positions=True`` (without a class token) is the text-body layout: patch tokens + the body's
+    own 1D positions in row-major order (build_crossmodal uses it without LayerNorm).
     """
 
     def __init__(
@@ -116,6 +139,7 @@ class Embed2D(nnx.Module):
         norm: bool,
         cls_and_positions: bool,
         eps: float = 1e-5,
+        positions: bool = False,
         rngs: nnx.Rngs,
     ):
         self.in_channels = in_channels
@@ -135,10 +159,14 @@ class Embed2D(nnx.Module):
             rngs=rngs,
         )
         self.norm = layers.layer_norm(dim, eps, rngs) if norm else None
+        init = nnx.initializers.normal(0.02)
+        n = self.grid[0] * self.grid[1]
+        # Each attribute is assigned once: nnx fixes an attribute as data or static on first use.
         if cls_and_positions:
-            init = nnx.initializers.normal(0.02)
             self.cls_token = nnx.Param(init(rngs.params(), (1, 1, dim)))
-            n = self.grid[0] * self.grid[1] + 1
+            self.position = nnx.Param(init(rngs.params(), (1, n + 1, dim)))
+        elif positions:
+            self.cls_token = None
             self.position = nnx.Param(init(rngs.params(), (1, n, dim)))
         else:
             self.cls_token = self.position = None
@@ -154,7 +182,9 @@ class Embed2D(nnx.Module):
             tokens = self.norm(tokens)
         if self.cls_token is not None:
             cls = jnp.broadcast_to(self.cls_token[...], (tokens.shape[0], 1, tokens.shape[-1]))
-            tokens = jnp.concatenate([cls, tokens], axis=1) + self.position[...]
+            tokens = jnp.concatenate([cls, tokens], axis=1)
+        if self.position is not None:
+            tokens = tokens + self.position[...]
         return tokens
 
 
@@ -180,6 +210,22 @@ def init_from_body(embedder: nnx.Module, body_embeddings: nnx.Module) -> None:
         embedder.position[...] = table[start : start + embedder.num_tokens]
         embedder.norm.scale[...] = body_embeddings.norm.scale[...]
         embedder.norm.bias[...] = body_embeddings.norm.bias[...]
+    elif isinstance(embedder, Embed2D) and not hasattr(body_embeddings, "patch"):
+        # A text body has no patch projection to copy (the conv keeps its init, as Embed1D's);
+        # the patch tokens take its position rows offset..offset+N (and its embedding LayerNorm
+        # if the embedder has one).
+        table = body_embeddings.position.embedding[...]
+        start, n = body_embeddings.cfg.position_offset, embedder.position.shape[1]
+        if start + n > table.shape[0]:
+            raise ValueError(
+                f"Embed2D makes {n} tokens but the text body's position table has "
+                f"{table.shape[0]} rows (offset {start}); use a larger patch (lower "
+                "target_seq_len)"
+            )
+        embedder.position[...] = table[None, start : start + n]
+        if embedder.norm is not None:
+            embedder.norm.scale[...] = body_embeddings.norm.scale[...]
+            embedder.norm.bias[...] = body_embeddings.norm.bias[...]
     elif isinstance(embedder, Embed2D):
         src = body_embeddings.patch
         if src.kernel.shape[:2] != embedder.patch.kernel.shape[:2]:
