@@ -13,7 +13,9 @@ the same size (``input_ids`` / ``attention_mask`` ``[B, 8]`` int32 and 4-class l
   frozen source embedder are a fixed argument), jitted with (trainable, optimiser state) donated
   and rebound. Variants: ``mode="exact"`` (reverse-over-reverse), ``"first_order"`` (DARTS finite
   difference), ``"taylor"``; ``exact+remat`` (the loss function given to ``meta_grad`` wrapped in
-  ``jax.checkpoint``); and ``exact`` with the inner step restricted to a body subset
+  ``jax.checkpoint``); ``exact+block remat`` / ``first_order+block`` (per-block remat inside the
+  body, ``layers.with_remat(graphdef, params, "full")``, the config's ``body.remat="full"``);
+  and ``exact`` with the inner step restricted to a body subset
   (``mona.inner_mask(body, r"layers/5/")``: the last block; ``r"norm"``: the LayerNorms only).
 
 Time: every variant and the plain step are compiled (lower + compile, reported) and warmed up;
@@ -61,6 +63,7 @@ from xmodal_jax.data.sources import text_source  # noqa: E402
 from xmodal_jax.data.tasks import Task  # noqa: E402
 from xmodal_jax.methods import finetune, mona  # noqa: E402
 from xmodal_jax.methods.base import Context, Stage  # noqa: E402
+from xmodal_jax.models import layers  # noqa: E402
 
 NUM_CLASSES = 10
 SHAPE = (8, 8)
@@ -286,29 +289,43 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     body = params["body"]
+    # Per-block remat: the same params under a graphdef whose body stack recomputes each block in
+    # the backward pass (config body.remat="full", models.layers.with_remat).
+    remat_g = layers.with_remat(graphdef, params, "full")
+    remat_loss = finetune.task_loss_fn(dataclasses.replace(ctx, graphdef=remat_g))
     specs: list[tuple[str, dict[str, Any]]] = [
         ("exact", dict(mode="exact")),
         ("first_order", dict(mode="first_order")),
         ("taylor", dict(mode="taylor")),
         ("exact+remat", dict(mode="exact", loss_fn=jax.checkpoint(loss_fn))),
+        ("exact+block remat", dict(mode="exact", graphdef=remat_g, loss_fn=remat_loss)),
+        ("first_order+block", dict(mode="first_order", graphdef=remat_g, loss_fn=remat_loss)),
         ("exact layers/5/", dict(mode="exact", mask=mona.inner_mask(body, r"layers/5/"))),
         ("exact norm", dict(mode="exact", mask=mona.inner_mask(body, r"norm"))),
     ]
     plain = plain_runner(graphdef, params, loss_fn, target)
     variants = [
-        meta_runner(name, graphdef, params, kw.pop("loss_fn", loss_fn), target, source, **kw)
+        meta_runner(
+            name,
+            kw.pop("graphdef", graphdef),
+            params,
+            kw.pop("loss_fn", loss_fn),
+            target,
+            source,
+            **kw,
+        )
         for name, kw in specs
     ]
     for r in (plain, *variants):
         r.compile()
         r.run(WARMUP_STEPS)
-        print(f"compiled {r.name:<16} in {r.compile_s:5.1f}s", flush=True)
+        print(f"compiled {r.name:<18} in {r.compile_s:5.1f}s", flush=True)
     print()
 
     res = measure(plain, variants, args.steps, args.rounds)
     pm = plain.memory
     header = (
-        f"{'variant':<16} | {'compile s':>9} | {'ms/step':>8} | {'time × plain (goal)':>20} | "
+        f"{'variant':<18} | {'compile s':>9} | {'ms/step':>8} | {'time × plain (goal)':>20} | "
         f"{'spread':>6} | {'mem × plain t+a+o (goal)':>24} | {'t+a+o−alias':>11} | "
         f"{'temp':>6} | {'t+a+o MiB':>9} | {'temp MiB':>8}"
     )
@@ -324,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         time_col = f"{m.ratio:.2f}x {_goal(TIME_GOALS, r.name)}".strip()
         mem_col = f"{tao} {_goal(MEM_GOALS, r.name)}".strip()
         print(
-            f"{r.name:<16} | {r.compile_s:9.1f} | {1e3 * m.step_s:8.1f} | {time_col:>20} | "
+            f"{r.name:<18} | {r.compile_s:9.1f} | {1e3 * m.step_s:8.1f} | {time_col:>20} | "
             f"{100 * m.spread:5.0f}% | {mem_col:>24} | {tao_a:>11} | {tmp:>6} | {mib:9.1f} | "
             f"{mem.get('temp', 0) / MiB:8.1f}"
         )
