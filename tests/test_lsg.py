@@ -192,11 +192,21 @@ def test_augment_views_are_shape_preserving_and_random():
     assert a.shape == x.shape and not np.allclose(a, b)
     img = jax.random.normal(jax.random.key(0), (2, 3, 8, 8))
     assert lsg.augment(jax.random.key(0), img).shape == img.shape
+    video = jax.random.normal(jax.random.key(0), (2, 4, 3, 8, 8))
+    assert lsg.augment(jax.random.key(0), video).shape == video.shape
 
 
-def _lsg_config(tiny_config, tmp_path, **stage):
+@pytest.fixture(scope="module")
+def lsg_cache(tmp_path_factory):
+    """One label-embedding / GCN cache for the module's trainer runs (computed once)."""
+    return str(tmp_path_factory.mktemp("lsg_cache"))
+
+
+def _lsg_config(tiny_config, cache, **stage):
     cfg = tiny_config("steps=12")
-    cfg.task = dict(name="digits", layout="8x8", target_seq_len=8, train_limit=160)
+    cfg.task = dict(
+        name="digits", layout="8x8", target_seq_len=8, train_limit=160, test_fraction=0.1
+    )
     cfg.data.label_ratio = 0.5
     cfg.data.val_size = 16
     cfg.mesh.num_devices = 1
@@ -213,7 +223,7 @@ def _lsg_config(tiny_config, tmp_path, **stage):
         lr=1e-3,
         optimizer="adam",
         schedule="constant",
-        lsg_cache_dir=str(tmp_path / "cache"),
+        lsg_cache_dir=cache,
         lsg_gcn_steps=200,
         **stage,
     )
@@ -221,13 +231,23 @@ def _lsg_config(tiny_config, tmp_path, **stage):
     return cfg
 
 
-def test_stage2_trains_through_the_trainer_with_a_frozen_gcn(tiny_config, tmp_path):
+def test_stage2_trains_through_the_trainer_with_a_frozen_gcn(tiny_config, lsg_cache, tmp_path):
     from xmodal_jax import train_lib
 
-    cfg = _lsg_config(tiny_config, tmp_path)
+    cfg = _lsg_config(tiny_config, lsg_cache)
     run = train_lib.setup(cfg)
     assert "lsg_proj" in run.params and "unlabeled" in run.splits
     proj0 = jax.tree.map(np.asarray, run.params["lsg_proj"])
+    stage = train_lib.build_stages(run)[0][0]
+    assert set(stage.datasets) == {""}  # TL: the unlabelled split is never read
+    # Inference is graph-free: the projection group does not change predictions.
+    from xmodal_jax.models import crossmodal
+
+    x = run.splits["val"]["x"][:4]
+    without = {g: p for g, p in run.params.items() if g != "lsg_proj"}
+    np.testing.assert_array_equal(
+        crossmodal.apply(run.graphdef, run.params, x), crossmodal.apply(run.graphdef, without, x)
+    )
     train_lib.train(cfg, str(tmp_path / "run"), verbose=False)
     recs = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     train = [r for r in recs if r["split"] == "train"]
@@ -236,11 +256,9 @@ def test_stage2_trains_through_the_trainer_with_a_frozen_gcn(tiny_config, tmp_pa
     print(f"\nstage-2 loss: first 3 steps {first:.3f} → last 3 steps {last:.3f}")
     assert last < first
     # The GCN: the one stage 1 saved is the one the stage used, unchanged by stage 2.
-    gcn_dirs = [d for d in os.listdir(tmp_path / "cache") if d.startswith("gcn-")]
-    assert len(gcn_dirs) == 1
-    saved, _ = lsg.load_gcn(str(tmp_path / "cache" / gcn_dirs[0]))
-    ctx = train_lib.setup(cfg).ctx
-    _, used, _ = lsg.prepare_graph(cfg.stages.lsg, ctx, verbose=False)
+    _, used, meta = lsg.prepare_graph(cfg.stages.lsg, run.ctx, verbose=False)
+    assert os.path.dirname(meta["dir"]) == lsg_cache
+    saved, _ = lsg.load_gcn(meta["dir"])
     for k in saved:
         np.testing.assert_array_equal(saved[k], used[k])
     # The projection is trained (it is a parameter group of the train state).
@@ -256,11 +274,13 @@ def test_stage2_trains_through_the_trainer_with_a_frozen_gcn(tiny_config, tmp_pa
     assert not np.allclose(after["lsg_proj"]["kernel"], proj0["kernel"])
 
 
-def test_ssl_stage_reads_unlabelled_batches(tiny_config, tmp_path):
+def test_ssl_stage_reads_unlabelled_batches_on_8_devices(tiny_config, lsg_cache, tmp_path):
     from xmodal_jax import train_lib
 
-    cfg = _lsg_config(tiny_config, tmp_path, lsg_cu=1.0)
+    cfg = _lsg_config(tiny_config, lsg_cache, lsg_cu=1.0)
     cfg.stages.lsg.steps = 4
+    cfg.mesh.num_devices = 8
+    cfg.mesh.data = 8
     res = train_lib.train(cfg, str(tmp_path / "ssl"), verbose=False)
     recs = [json.loads(line) for line in open(tmp_path / "ssl" / "metrics.jsonl")]
     train = [r for r in recs if r["split"] == "train"]
@@ -268,10 +288,10 @@ def test_ssl_stage_reads_unlabelled_batches(tiny_config, tmp_path):
     assert np.isfinite(res["test_last"])
 
 
-def test_ssl_without_unlabelled_data_is_an_error(tiny_config, tmp_path):
+def test_ssl_without_unlabelled_data_is_an_error(tiny_config, lsg_cache):
     from xmodal_jax import train_lib
 
-    cfg = _lsg_config(tiny_config, tmp_path, lsg_cu=1.0)
+    cfg = _lsg_config(tiny_config, lsg_cache, lsg_cu=1.0)
     cfg.data.label_ratio = 1.0
     with pytest.raises(ValueError, match="label_ratio"):
         train_lib.build_stages(train_lib.setup(cfg))
@@ -294,3 +314,15 @@ def test_label_subset_per_class_counts(ratio):
     np.testing.assert_array_equal(again["x"], lab["x"])  # seeded
     with pytest.raises(ValueError, match="label ratio"):
         pipeline.label_subset(arrays, 0.0, seed=0)
+
+
+def test_stage2_on_a_vision_body(tiny_config, tiny_swin_path, lsg_cache, tmp_path):
+    """The same stage on a 2D model (tiny Swin on digits as 1×8×8 images): crop/flip views."""
+    from xmodal_jax import train_lib
+
+    cfg = _lsg_config(tiny_config, lsg_cache)
+    cfg.body.path = tiny_swin_path
+    cfg.task.layout = "1x8x8"
+    cfg.stages.lsg.steps = 3
+    res = train_lib.train(cfg, str(tmp_path / "swin"), verbose=False)
+    assert np.isfinite(res["test_last"])

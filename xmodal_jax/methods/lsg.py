@@ -567,8 +567,12 @@ def augment(key: Array, x: Array, *, shift: float = 0.125, noise: float = 0.05) 
     ``[B, C, L]`` signals: a random shift of up to ``shift·L`` samples (zero fill) and Gaussian
     noise of ``noise`` × the example's std. ``[B, C, H, W]`` images: a random crop of the image
     reflect-padded by ``shift·H``/``shift·W`` (a random translation), a horizontal flip with
-    probability ½, the same noise.
+    probability ½, the same noise. ``[B, T, C, H, W]`` videos: the image transform with one crop
+    and flip per clip (every frame moves alike).
     """
+    if x.ndim == 5:
+        b, t, c, hh, ww = x.shape
+        return augment(key, x.reshape(b, t * c, hh, ww), shift=shift, noise=noise).reshape(x.shape)
     b = x.shape[0]
     k_shift, k_flip, k_noise = jax.random.split(key, 3)
     if x.ndim == 3:
@@ -589,7 +593,9 @@ def augment(key: Array, x: Array, *, shift: float = 0.125, noise: float = 0.05) 
         flip = jax.random.bernoulli(k_flip, 0.5, (b, 1, 1, 1))
         x = jnp.where(flip, x[..., ::-1], x)
     else:
-        raise ValueError(f"augment: expected [B, C, L] or [B, C, H, W] inputs, got {x.shape}")
+        raise ValueError(
+            f"augment: expected [B, C, L], [B, C, H, W] or [B, T, C, H, W] inputs, got {x.shape}"
+        )
     if noise:
         std = x.reshape(b, -1).std(1).reshape((b,) + (1,) * (x.ndim - 1))
         x = x + noise * std * jax.random.normal(k_noise, x.shape, x.dtype)
