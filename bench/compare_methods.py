@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TASKS = {
     "digits": ("configs.demo", ""),
-    "digits2d": ("configs.digits2d", "train_limit=300,align_steps=30"),
+    "digits2d": ("configs.digits2d", ""),
     "gunpoint": ("configs.ucr", "name=GunPoint"),
     "breast_cancer": ("configs.tabular", "name=breast_cancer"),
 }

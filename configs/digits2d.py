@@ -8,8 +8,8 @@ LayerNorm and adds the body's own first 16 position rows. Same recipe, budget an
 fine-tuning), so the 1D (8 channels × 8) and 2D runs are comparable.
 
 Args: ``body`` (pretrained | random), ``tsl`` (token budget → patch size), ``train_limit``,
-``epochs``, ``align_steps``, ``seed``, ``method`` (orca | mona | finetune), ``remat`` (the body's
-per-block remat policy, ``models.layers.REMAT_POLICIES``).
+``epochs``, ``align_steps``, ``seed``, ``method`` (orca | mona | finetune | pare), ``remat``
+(the body's per-block remat policy, ``models.layers.REMAT_POLICIES``).
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ def get_config(arg: str | None = None):
     )
     c.data.update(dict(batch_size=32, eval_batch_size=128, val_size=0.1, prefetch=2))
     offline_recipe(c, a.method, epochs=a.epochs, align_steps=a.align_steps, lr=1e-4)
-    c.stages.finetune.warmup_fraction = 0.0
-    c.stages.finetune.warmup_steps = 20
+    last = c.stages[c.stage_order.split(",")[-1]]  # finetune (or the single PaRe stage)
+    last.warmup_fraction = 0.0
+    last.warmup_steps = 20
     c.log_every = 10
     c.eval_every = 0  # once per epoch
     c.lock()
