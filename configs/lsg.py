@@ -9,7 +9,8 @@ badminton / running / standing / walking), ``labels`` (% of train labelled per c
 uses, no graph; tl: LSG transfer; ssl: LSG + pseudo-labelled unlabelled data), ``seed`` (model
 init, label subset, batches), ``steps``, ``batch``, ``tsl`` (the 1D embedder's target sequence
 length; 0 = the dataset's default), ``body`` (local HF folder, "" = the shipped MiniLM), ``lr``,
-``cg``/``cc``/``cu`` (the graph-loss weights), ``gcn_steps`` (stage 1).
+``cg``/``cc``/``cu`` (the graph-loss weights), ``ramp`` (fraction of the run over which cu rises
+from 0; 0 = full weight from the start, as the reference), ``gcn_steps`` (stage 1).
 
 Every mode trains embedder + body + head for the same number of steps with the same optimiser;
 validation (carved from train before the label split, fully labelled, the same for all modes)
@@ -52,6 +53,7 @@ def get_config(arg: str | None = None):
         cg=1.0,
         cc=8.0,
         cu=1.0,
+        ramp=0.0,
         gcn_steps=5005,
     )
     if a.dataset not in DATASETS:
@@ -98,6 +100,7 @@ def get_config(arg: str | None = None):
             lsg_cg=a.cg if graph else 0.0,
             lsg_cc=a.cc if graph else 0.0,
             lsg_cu=a.cu if a.mode == "ssl" else 0.0,
+            lsg_cu_rampup=a.ramp,
             lsg_gcn_steps=a.gcn_steps,
             **common,
         )

@@ -83,6 +83,19 @@ def test_augmented_graph_matches_dense_reference():
     np.testing.assert_allclose(got, ref / np.sqrt(d[:, None] * d[None, :]), rtol=1e-5, atol=1e-7)
 
 
+def test_stage2_dense_and_sparse_graph_losses_agree():
+    x, y = _clustered(c=4, k=5)
+    emb = np.stack([x[y == c] for c in range(4)])
+    text = lsg.TextGraph.build(emb, 5, 0.02)
+    params = gnn.gcn_init(jax.random.key(0), x.shape[1], x.shape[1], 4)
+    h = jax.random.normal(jax.random.key(1), (6, x.shape[1]))
+    labels = jnp.array([1, 3, 1, 0, 3, 1])
+    dense = lsg.lsg_loss(params, text, h, labels, dense_nodes=10**6)
+    sparse = lsg.lsg_loss(params, text, h, labels, dense_nodes=0)
+    for a, b in zip(dense, sparse, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_jraph_utilities_run_inside_the_compat_shim():
     import jraph
 

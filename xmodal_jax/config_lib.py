@@ -87,6 +87,8 @@ def stage_defaults() -> dict[str, Any]:
         lsg_align_rownorm=False,  # align on stage 1's row-normalised logits (reference: raw)
         lsg_shift=0.125,
         lsg_noise=0.05,
+        lsg_cu_rampup=0.0,  # cu rises linearly from 0 over this fraction of the stage (0 = off)
+        lsg_dense_nodes=2048,  # augmented graphs up to this many nodes run dense (Â matmul)
     )
 
 

@@ -371,6 +371,21 @@ def augmented_graph(text: TextGraph, labels: Array) -> jraph.GraphsTuple:
     )
 
 
+def augmented_dense(text: TextGraph, labels: Array) -> Array:
+    """The same normalised graph as :func:`augmented_graph`, as a dense ``Â`` ``[N+M, N+M]``.
+
+    Faster than scatter-based message passing for small graphs (on CPU by far); built in-jit
+    from the constant text block and the traced labels.
+    """
+    n, k = len(text.x), text.prompts
+    a_text = np.zeros((n, n), np.float32)
+    a_text[text.receivers, text.senders] = text.weights
+    t = (jnp.asarray(np.arange(n) // k)[:, None] == labels[None, :]).astype(jnp.float32)
+    same = (labels[:, None] == labels[None, :]).astype(jnp.float32)
+    a = jnp.block([[jnp.asarray(a_text), t], [t.T, same]])
+    return gnn.dense_normalize(a)
+
+
 def augmented_adjacency(a_text: np.ndarray, labels: np.ndarray, prompts: int) -> np.ndarray:
     """Dense unnormalised ``[[A_text, T], [Tᵀ, I + M]]`` (a reference for tests and small runs)."""
     n, m = a_text.shape[0], len(labels)
@@ -533,6 +548,7 @@ def lsg_loss(
     labels: Array,
     *,
     align_rownorm: bool = False,
+    dense_nodes: int = 2048,
 ) -> tuple[Array, Array, Array]:
     """Per-image-node LSG losses ``(align [M], reg [M], z [M, C])`` for features ``h [M, D]``.
 
@@ -541,9 +557,15 @@ def lsg_loss(
     it into ``h``); for the image rows, ``g = H1`` and ``z = Z``. ``align = CE(z, label)`` (raw
     ``z`` as the reference; ``align_rownorm`` uses stage 1's row-normalised logits) and
     ``reg = ‖h/‖h‖ − sg(g/‖g‖)‖₂`` (an unsquared distance). Callers weight and average them.
+    Graphs of at most ``dense_nodes`` nodes propagate with a dense ``Â`` (one matmul), larger ones
+    by segment_sum on the GraphsTuple; the two agree (tested).
     """
     n = len(text.x)
-    graph = augmented_graph(text, labels)
+    labels = labels.astype(jnp.int32)
+    if n + labels.shape[0] <= dense_nodes:
+        graph = augmented_dense(text, labels)
+    else:
+        graph = augmented_graph(text, labels)
     frozen = jax.lax.stop_gradient(gcn_params)
     x = jnp.concatenate([jnp.asarray(text.x, h.dtype), h])
     h1, z = gnn.gcn_apply(frozen, graph, x)
@@ -708,7 +730,10 @@ def lsg_stage(name: str, cfg: Any, ctx: Context) -> Stage:
     pooled features, projected by ``lsg_proj``, become image nodes of the frozen label graph;
     the graph losses of :func:`lsg_loss` are added with ``lsg_cg`` / ``lsg_cc``, unlabelled nodes
     (argmax pseudo-labels of their first view under the *current* params, stop-gradient) with a
-    further factor ``lsg_cu``. ``trainable`` must include ``lsg_proj``. With ``lsg_cg = lsg_cc =
+    further factor ``lsg_cu`` (raised linearly from 0 over the first ``lsg_cu_rampup`` of the stage
+    when > 0: early pseudo-labels of a fresh head are near-constant, and with the reference's
+    immediate full weight they can collapse a small model). ``trainable`` must include
+    ``lsg_proj``. With ``lsg_cg = lsg_cc =
     0`` the stage is augmented CE (the ablation that isolates the graph terms).
     """
     if PROJ_GROUP not in cfg.trainable:
@@ -722,6 +747,13 @@ def lsg_stage(name: str, cfg: Any, ctx: Context) -> Stage:
     gcn_const = jax.tree.map(np.asarray, gcn_params)  # numpy: embedded as jit constants
     cg, cc, cu = float(cfg.lsg_cg), float(cfg.lsg_cc), float(cfg.lsg_cu)
     rownorm = bool(cfg.lsg_align_rownorm)
+    dense_nodes = int(cfg.get("lsg_dense_nodes", 2048))
+    # cu's ramp-up, in stage steps (resolved here: the stage length is not known to the loss).
+    steps = int(cfg.steps)
+    if steps <= 0:
+        per_epoch = max(len(ctx.splits["train"]["x"]) // int(ctx.config.data.batch_size), 1)
+        steps = int(np.ceil(float(cfg.epochs) * per_epoch))
+    ramp = float(cfg.get("lsg_cu_rampup", 0.0)) * steps
     aug = dict(shift=float(cfg.lsg_shift), noise=float(cfg.lsg_noise))
     task_loss = losses.get(ctx.task.loss)
     datasets = {"": ctx.splits["train"]}
@@ -734,7 +766,7 @@ def lsg_stage(name: str, cfg: Any, ctx: Context) -> Stage:
             )
         datasets["u_"] = {"x": unl["x"], "y": unl["y"]}  # u_y: monitoring only (pseudo_acc)
 
-    def loss_fn(params, batch, rng):
+    def loss_fn(params, batch, rng, step):
         model = nnx.merge(
             ctx.graphdef, {g: params[g] for g in crossmodal.MODEL_GROUPS if g in params}
         )
@@ -760,7 +792,9 @@ def lsg_stage(name: str, cfg: Any, ctx: Context) -> Stage:
             pseudo = jnp.argmax(jax.lax.stop_gradient(logits[2 * b : 2 * b + bu]), axis=1)
             node_labels = jnp.concatenate([y2, pseudo, pseudo])
             metrics["pseudo_acc"] = (pseudo == batch["u_y"]).mean()
-        align, reg, z = lsg_loss(gcn_const, text, h, node_labels, align_rownorm=rownorm)
+        align, reg, z = lsg_loss(
+            gcn_const, text, h, node_labels, align_rownorm=rownorm, dense_nodes=dense_nodes
+        )
         lab = slice(0, 2 * b)
         graph = cg * align[lab].mean() + cc * reg[lab].mean()
         metrics.update(
@@ -770,7 +804,8 @@ def lsg_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         )
         if ssl:
             unl_part = slice(2 * b, None)
-            graph = graph + cu * (cg * align[unl_part].mean() + cc * reg[unl_part].mean())
+            w_u = cu * jnp.minimum(1.0, step / ramp) if ramp > 0 else cu
+            graph = graph + w_u * (cg * align[unl_part].mean() + cc * reg[unl_part].mean())
             metrics["unlabeled_align"] = align[unl_part].mean()
         return ce + graph, metrics
 
@@ -780,4 +815,5 @@ def lsg_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         datasets=datasets,
         loss_fn=jax.checkpoint(loss_fn) if cfg.get("remat", False) else loss_fn,
         evaluate=bool(cfg.get("evaluate", True)),
+        uses_step=True,
     )
