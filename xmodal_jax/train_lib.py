@@ -609,6 +609,57 @@ class _StageLoop:
             self.ckpt.save(self.global_step, self.state, data, meta, best=True)
 
 
+def compile_stats(compiled: Any, seconds: float = 0.0) -> dict[str, float]:
+    """FLOPs and per-device memory (bytes) of a compiled step, from XLA's own analyses.
+
+    ``peak_bytes`` estimates the live set: arguments + outputs + temporaries − donated aliases.
+    Backends that do not report a field give 0 for it.
+    """
+    cost = compiled.cost_analysis() or {}
+    if isinstance(cost, list | tuple):  # older jax: one dict per computation
+        cost = cost[0] if cost else {}
+    mem = compiled.memory_analysis()
+
+    def field(name: str) -> float:
+        return float(getattr(mem, name, 0) or 0) if mem is not None else 0.0
+
+    out = {
+        "compile_s": float(seconds),
+        "flops": float(cost.get("flops", 0.0)),
+        "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
+        "argument_bytes": field("argument_size_in_bytes"),
+        "output_bytes": field("output_size_in_bytes"),
+        "temp_bytes": field("temp_size_in_bytes"),
+        "alias_bytes": field("alias_size_in_bytes"),
+    }
+    out["peak_bytes"] = (
+        out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
+    )
+    return out
+
+
+def format_compile_stats(stats: dict[str, float]) -> str:
+    """One line: compile time, GFLOP per step, per-device memory in MiB."""
+    mib = 2.0**20
+    return (
+        f"{stats['compile_s']:.1f}s, {stats['flops'] / 1e9:.2f} GFLOP/step (per device), "
+        f"memory per device ≈ {stats['peak_bytes'] / mib:.0f} MiB (args "
+        f"{stats['argument_bytes'] / mib:.0f}, temp {stats['temp_bytes'] / mib:.0f}, out "
+        f"{stats['output_bytes'] / mib:.0f}, donated {stats['alias_bytes'] / mib:.0f})"
+    )
+
+
+def _write_compile_stats(workdir: str, stage: str, stats: dict[str, float]) -> None:
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(workdir, "compile.json")
+    data = json.load(open(path)) if os.path.exists(path) else {}
+    data[stage] = stats
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = True) -> dict:
     """Runs (or resumes) every stage, then evaluates the test split; returns the results dict.
 
@@ -676,8 +727,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = Tr
                 best,
                 (ckpt, logger, say, predict),
             )
+            pending = None
+            if loop.stage_step < num_steps:
+                # Compile ahead of time on the first batch: the step's FLOPs and per-device
+                # memory are known (printed, saved to compile.json) before the first update.
+                pending = parallel.shard_batch(next(batches), run.mesh)
+                t0 = time.time()
+                step_fn = step_fn.lower(loop.state, pending).compile()
+                stats = compile_stats(step_fn, time.time() - t0)
+                say(f"stage {stage.name!r} step compiled: {format_compile_stats(stats)}")
+                _write_compile_stats(workdir, stage.name, stats)
             while loop.stage_step < num_steps:
-                batch = parallel.shard_batch(next(batches), run.mesh)
+                if pending is not None:
+                    batch, pending = pending, None
+                else:
+                    batch = parallel.shard_batch(next(batches), run.mesh)
                 loop.state, metrics_ = step_fn(loop.state, batch)
                 loop.record(metrics_)
                 steps_here += 1
