@@ -87,3 +87,42 @@ def test_two_processes_match_one_process(tiny_bert_path, tmp_path):
 
     got = evaluate_workdir(str(two), "best", "test")
     assert got["value"] == pytest.approx(rb["test_best"])
+
+    # And the other way: a 1-process run stopped after 6 steps resumes in 2 processes, and the
+    # finished run has the uninterrupted 1-process losses.
+    part = tmp_path / "one_then_two"
+    first = subprocess.run(
+        _cmd(tiny_bert_path, part, "--config.stop_after=6"),
+        cwd=ROOT,
+        env=_env(4),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            _cmd(
+                tiny_bert_path,
+                part,
+                f"--coordinator=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            cwd=ROOT,
+            env=_env(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "resuming" in outs[0][1] + outs[0][0]
+    c = train_losses(part)
+    rel = max(abs(a[s] - c[s]) / abs(a[s]) for s in a)
+    print(f"1 process (6 steps) → resumed in 2 processes vs 1 process: max rel. diff {rel:.2e}")
+    assert sorted(c) == sorted(a) and rel <= 1e-5
