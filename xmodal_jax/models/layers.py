@@ -32,10 +32,22 @@ def layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, rngs=rngs)
 
 
+def gelu_erf(x: Array) -> Array:
+    """Exact GELU as PyTorch/HF write it: ``x · (1 + erf(x / √2)) / 2``.
+
+    ``jax.nn.gelu(approximate=False)`` computes ``x · erfc(−x/√2) / 2``; XLA:CPU expands erfc into
+    an exp plus branch selects (two extra elementwise passes over the ``[B, L, 4D]`` activations,
+    forward and backward), while ``erf`` is a single vectorised rational approximation. Same
+    function, same formula as the PyTorch reference; about 2–3% of a MiniLM fine-tune step's CPU
+    time on 2 cores (bench/step_time.py, B=8, 64 tokens).
+    """
+    return x * 0.5 * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
 def activation(name: str):
     """Maps a HF ``hidden_act`` string to a JAX function (exact GELU for "gelu")."""
     table = {
-        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu": gelu_erf,
         "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
         "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
         "relu": jax.nn.relu,
