@@ -293,7 +293,10 @@ def main(argv: list[str] | None = None) -> None:
         f"body {pre.model_type} {os.path.basename(os.path.dirname(pre.path))} | jax "
         f"{jax.__version__} ({jax.default_backend()}, {jax.device_count()} device) | torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads) | transformers "
-        f"{transformers.__version__} | {os.cpu_count()} CPUs"
+        f"{transformers.__version__} | {os.cpu_count()} CPUs | load average "
+        # Other jobs on a shared machine skew the ratio (torch's OpenMP threads degrade far more
+        # than XLA's under oversubscription), so the load is part of the result.
+        f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}"
     )
     print(
         f"up to {args.steps} steps (≤ {args.max_s:g}s) × {args.rounds} alternating rounds per "
