@@ -183,7 +183,8 @@ def _text_model(path: str) -> Pretrained:
 
 
 def _resolve_text_model(path: str | None) -> str:
-    return os.path.abspath(os.path.expanduser(path)) if path else default_path()
+    # Normalised as load_pretrained does, so cache keys and "is it the body?" checks agree.
+    return os.path.abspath(os.path.expanduser(path or default_path()))
 
 
 def label_embeddings(
