@@ -69,15 +69,18 @@ def test_only_embedder_gradient_when_body_frozen(minilm):
     assert all(float(jnp.abs(v).sum()) > 0 for v in jax.tree.leaves(g))
 
 
-def test_modality_mismatch_is_a_clear_error(minilm):
-    with pytest.raises(ValueError, match=r"2D task input \(3, 32, 32\) needs a vision body"):
-        xm.build_crossmodal(xm.TaskSpec((3, 32, 32), "classification", 10), minilm)
+def test_modality_mismatch_is_a_clear_error(tiny_swin_path):
+    # 2D inputs run on text bodies (patch tokens + the body's positions); 1D on vision does not.
+    swin = xm.load_pretrained(tiny_swin_path)
+    with pytest.raises(ValueError, match=r"1D task input \(1, 64\) needs a text body"):
+        xm.build_crossmodal(xm.TaskSpec((1, 64), "classification", 10), swin)
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(input_shape=(1, 2, 3, 4), output="dense", num_outputs=1), "input_shape"),
+        (dict(input_shape=(1, 2, 3, 4, 5), output="dense", num_outputs=1), "input_shape"),
+        (dict(input_shape=(1, 2, 3, 4), output="dense", num_outputs=1), "video tasks"),
         (dict(input_shape=(1, 8), output="segmentation", num_outputs=1), "output='segmentation'"),
         (dict(input_shape=(1, 8), output="classification", num_outputs=0), "num_outputs"),
     ],

@@ -125,6 +125,9 @@ def base_config() -> ml_collections.ConfigDict:
     # At every validation: linear-probe accuracy and Davies–Bouldin index of the source data's
     # features under the current body (source-knowledge retention, the MoNA paper's diagnostic).
     c.source_diagnostics = False
+    # Mixed precision: float32 master params and optimizer state; the forward and backward
+    # passes compute in this dtype (float32 | bfloat16); losses see float32 outputs.
+    c.compute_dtype = "float32"
     return c
 
 
@@ -225,6 +228,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
     if config.body.get("remat", "none") not in REMAT_POLICIES:
         errors.append(f"body.remat: {config.body.get('remat')!r} not in {sorted(REMAT_POLICIES)}")
+    if config.get("compute_dtype", "float32") not in ("float32", "bfloat16"):
+        errors.append(f"compute_dtype: {config.compute_dtype!r} not in ('float32', 'bfloat16')")
     if config.source.kind not in SOURCE_KINDS:
         errors.append(f"source.kind: {config.source.kind!r} not in {SOURCE_KINDS}")
     for key in ("batch_size", "eval_batch_size"):

@@ -284,6 +284,8 @@ def setup(config: ml_collections.ConfigDict) -> Run:
     params = jax.jit(init, out_shardings=shardings)(body_params)
     # Per-block remat is a static attribute of the graphdef; the params are the same either way.
     graphdef = layers.with_remat(captured["graphdef"], abstract, config.body.get("remat", "none"))
+    if config.get("compute_dtype", "float32") != "float32":
+        graphdef = crossmodal.with_compute_dtype(graphdef, abstract, config.compute_dtype)
     # Source data for alignment objectives.
     source, feats = sources.load(config.source, pretrained, seed=int(config.seed))
     ctx = Context(

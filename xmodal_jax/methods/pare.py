@@ -26,12 +26,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from xmodal_jax import losses
 from xmodal_jax.data import pipeline
 from xmodal_jax.methods.base import Context, Stage
-from xmodal_jax.models.crossmodal import MODEL_GROUPS
+from xmodal_jax.models import crossmodal
 from xmodal_jax.models.heads import masked_mean
 
 Array = jax.Array
@@ -347,7 +346,7 @@ def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
     graphdef, decode = ctx.graphdef, ctx.decode
 
     def loss_fn(params, batch, rng, step):
-        model = nnx.merge(graphdef, {g: params[g] for g in MODEL_GROUPS})
+        model = crossmodal.merge(graphdef, params)
         src = {k[len("src_") :]: v for k, v in batch.items() if k.startswith("src_")}
         z_full = model.embed(batch["x"])
         z_t, prefix = z_full[:, skip:], z_full[:, :skip]
@@ -386,16 +385,16 @@ def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         def tl(out):
             return task_loss(decode(out), batch["y"], None, **task.loss_kwargs, **extras)
 
-        clean = tl(model.head(model.encode(z_full)))
+        clean = tl(model.outputs(model.encode(z_full)))
         feats_mix = model.encode(z_mix)
-        out_mix = model.head(feats_mix)
+        out_mix = model.outputs(feats_mix)
         mixed = tl(out_mix)
         if fam == "dense":
             # Raw head output vs the binary source mask, never de-normalised (spec §8 item 3).
             target = jnp.broadcast_to(src["mask"], out_mix.shape)
             src_loss = losses.bce_with_logits(out_mix, target)
         else:
-            pooled = masked_mean(feats_mix[:, skip:], None)
+            pooled = masked_mean(feats_mix[:, skip:], None).astype(jnp.float32)
             logits = pooled @ params["source_head"]["kernel"] + params["source_head"]["bias"]
             src_loss = losses.cross_entropy(logits, src["y"])
         total, aux = pare_loss(clean, mixed, src_loss, lam, weight)

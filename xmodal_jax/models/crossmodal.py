@@ -93,9 +93,22 @@ class CrossModalModel(nnx.Module):
         self.source_embedder = source_embedder
         self.body_kwargs = tuple(sorted((body_kwargs or {}).items()))
         self.frames = int(frames)
+        # Mixed precision: params (f32 masters outside) are cast to this dtype by `merge`, float
+        # inputs on entry; outputs come back in float32. Set by `with_compute_dtype`.
+        self.compute_dtype = "float32"
+
+    def _in(self, x: Array) -> Array:
+        if self.compute_dtype != "float32" and jnp.issubdtype(x.dtype, jnp.floating):
+            return x.astype(self.compute_dtype)
+        return x
+
+    def outputs(self, features: Array) -> Array:
+        """Body output tokens → task outputs, in float32 (losses never see bf16 logits)."""
+        return self.head(features).astype(jnp.float32)
 
     def embed(self, x: Array) -> Array:
         """Target inputs → target tokens ``[B, N, D]`` (video: ``[B, T·N, D]``, frame-major)."""
+        x = self._in(x)
         if not self.frames:
             return self.embedder(x)
         if x.ndim != 5 or x.shape[1] != self.frames:
@@ -125,7 +138,7 @@ class CrossModalModel(nnx.Module):
         kwargs = dict(self.body_kwargs)
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
-        return self.body(tokens, **kwargs)
+        return self.body(self._in(tokens), **kwargs)
 
     def features(self, x: Array) -> Array:
         """Target inputs → body output tokens."""
@@ -133,7 +146,7 @@ class CrossModalModel(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         """Target inputs → task outputs (logits, regression values or dense fields)."""
-        return self.head(self.features(x))
+        return self.outputs(self.features(x))
 
     def source_features(self, attention_mask: Array | None = None, **inputs: Array) -> Array:
         """Source inputs (HF names) → body output tokens through the frozen source embedder.
@@ -143,10 +156,11 @@ class CrossModalModel(nnx.Module):
         token grid the body expects.
         """
         hw = getattr(self.embedder, "image_size", None)
-        if "pixel_values" in inputs and hw is not None:
+        if "pixel_values" in inputs:
+            px = self._in(inputs["pixel_values"])
             inputs = {
                 **inputs,
-                "pixel_values": embedders.resize_bilinear(inputs["pixel_values"], hw),
+                "pixel_values": px if hw is None else embedders.resize_bilinear(px, hw),
             }
         return self.encode_frame(self.source_embedder(**inputs), attention_mask)
 
@@ -317,11 +331,47 @@ def _split_fresh(model: CrossModalModel) -> tuple[nnx.GraphDef, dict]:
     return graphdef, jax.tree.map(lambda x: jnp.array(x, copy=True), params)
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def cast_floats(tree: Any, dtype: Any) -> Any:
+    """Every floating leaf of ``tree`` in ``dtype`` (integer leaves untouched)."""
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, tree
+    )
+
+
+def merge(graphdef: nnx.GraphDef, params: dict) -> CrossModalModel:
+    """The model of ``params`` (method groups are ignored), in its compute dtype.
+
+    Under ``compute_dtype="bfloat16"`` the float32 master params are cast here, inside the
+    differentiated function, so gradients arrive in float32 for the optimizer.
+    """
+    groups = {g: params[g] for g in MODEL_GROUPS if g in params}
+    model = nnx.merge(graphdef, groups)
+    dtype = getattr(model, "compute_dtype", "float32")
+    if dtype != "float32":
+        model = nnx.merge(graphdef, cast_floats(groups, dtype))
+    return model
+
+
+def with_compute_dtype(graphdef: nnx.GraphDef, params: Any, dtype: str) -> nnx.GraphDef:
+    """The graphdef of the same model computing in ``dtype`` (params unchanged, float32)."""
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype={dtype!r}; expected one of {COMPUTE_DTYPES}")
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), params
+    )
+    model = nnx.merge(graphdef, abstract)
+    model.compute_dtype = dtype
+    return nnx.split(model)[0]
+
+
 def apply(graphdef: nnx.GraphDef, params: dict, *args: Any, method: str = "__call__", **kw: Any):
     """Pure forward: merges ``params`` into ``graphdef`` and calls ``method`` (jit/grad-safe).
 
     ``apply(g, p, x)`` gives task outputs; ``method="features"`` the body tokens;
-    ``method="source_features", input_ids=...`` the source path.
+    ``method="source_features", input_ids=...`` the source path. Method groups in ``params``
+    (PaRe's gate, LSG's projection) ride along unused.
     """
-    model = {g: params[g] for g in MODEL_GROUPS if g in params}  # method groups ride along
-    return getattr(nnx.merge(graphdef, model), method)(*args, **kw)
+    return getattr(merge(graphdef, params), method)(*args, **kw)
