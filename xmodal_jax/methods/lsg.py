@@ -768,9 +768,7 @@ def lsg_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         datasets["u_"] = {"x": unl["x"], "y": unl["y"]}  # u_y: monitoring only (pseudo_acc)
 
     def loss_fn(params, batch, rng, step):
-        model = nnx.merge(
-            ctx.graphdef, {g: params[g] for g in crossmodal.MODEL_GROUPS if g in params}
-        )
+        model = crossmodal.merge(ctx.graphdef, params)  # model groups, in the compute dtype
         x, y = batch["x"], batch["y"].astype(jnp.int32)
         b = x.shape[0]
         keys = jax.random.split(rng, 4)
@@ -779,14 +777,15 @@ def lsg_stage(name: str, cfg: Any, ctx: Context) -> Stage:
             xu = batch["u_x"]
             views += [augment(keys[2], xu, **aug), augment(keys[3], xu, **aug)]
         tokens = model.features(jnp.concatenate(views))
-        logits = model.head(tokens)
+        logits = model.outputs(tokens)
         y2 = jnp.concatenate([y, y])
         ce = task_loss(logits[: 2 * b], y2, None, **ctx.task.loss_kwargs)
         metrics = {"task_loss": ce}
         if cg == 0 and cc == 0:
             return ce, metrics
         proj = params[PROJ_GROUP]
-        h = pooled_features(model.head, tokens) @ proj["kernel"] + proj["bias"]
+        pooled = pooled_features(model.head, tokens).astype(jnp.float32)
+        h = pooled @ proj["kernel"] + proj["bias"]
         node_labels = y2
         if ssl:
             bu = batch["u_x"].shape[0]
