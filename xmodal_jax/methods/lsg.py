@@ -784,7 +784,7 @@ def lsg_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         if cg == 0 and cc == 0:
             return ce, metrics
         proj = params[PROJ_GROUP]
-        pooled = pooled_features(model.head, tokens).astype(jnp.float32)
+        pooled = pooled_features(model.head, tokens).astype(proj["kernel"].dtype)
         h = pooled @ proj["kernel"] + proj["bias"]
         node_labels = y2
         if ssl:

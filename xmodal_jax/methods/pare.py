@@ -394,8 +394,9 @@ def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
             target = jnp.broadcast_to(src["mask"], out_mix.shape)
             src_loss = losses.bce_with_logits(out_mix, target)
         else:
-            pooled = masked_mean(feats_mix[:, skip:], None).astype(jnp.float32)
-            logits = pooled @ params["source_head"]["kernel"] + params["source_head"]["bias"]
+            head = params["source_head"]  # float32 master: bf16 features are upcast
+            pooled = masked_mean(feats_mix[:, skip:], None).astype(head["kernel"].dtype)
+            logits = pooled @ head["kernel"] + head["bias"]
             src_loss = losses.cross_entropy(logits, src["y"])
         total, aux = pare_loss(clean, mixed, src_loss, lam, weight)
         return total, {**aux, "k": k.astype(jnp.float32), "lam": lam}

@@ -103,8 +103,10 @@ class CrossModalModel(nnx.Module):
         return x
 
     def outputs(self, features: Array) -> Array:
-        """Body output tokens → task outputs, in float32 (losses never see bf16 logits)."""
-        return self.head(features).astype(jnp.float32)
+        """Body output tokens → task outputs; float32 under bf16 compute (losses never see bf16
+        logits), the params' own dtype otherwise (float64 stays float64 in x64 tests)."""
+        out = self.head(features)
+        return out.astype(jnp.float32) if self.compute_dtype != "float32" else out
 
     def embed(self, x: Array) -> Array:
         """Target inputs → target tokens ``[B, N, D]`` (video: ``[B, T·N, D]``, frame-major)."""
