@@ -85,6 +85,8 @@ def _pare(c, a) -> None:
         pare_begin=begin,
         pare_end=end,
         pare_seq_num=32,
+        # Darcy's "Wv" recipe: query and key weights frozen (spec/pare.md §1).
+        freeze=r"body/.*attn/(query|key)/" if a.task == "darcy" else "",
     )
     c.stage_order = "pare"
 

@@ -180,3 +180,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
     last = max(_steps(wd))
     assert last == max(losses)  # the last checkpoint is the last step with a finite loss
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_params(wd)))
+
+
+def test_freeze_regex_keeps_matching_leaves_fixed(tiny_config, tmp_path):
+    cfg = tiny_config("steps=3", **{"checkpoint.every_steps": 1})
+    cfg.stages.finetune.freeze = r"body/.*attn/(query|key)/"
+    run = train_lib.setup(cfg)
+    before = jax.device_get(run.params["body"])
+    train_lib.train(cfg, str(tmp_path), verbose=False)
+    after = saved_params(tmp_path)["body"]
+    layer0_b, layer0_a = before["layers"][0]["attn"], after["layers"]["0"]["attn"]
+    for name in ("query", "key"):
+        np.testing.assert_array_equal(layer0_a[name]["kernel"], layer0_b[name]["kernel"])
+    assert not np.array_equal(layer0_a["value"]["kernel"], layer0_b["value"]["kernel"])
+    bad = tiny_config("steps=3")
+    bad.stages.finetune.freeze = "body/(("
+    with pytest.raises(ValueError, match=r"stages.finetune.freeze: 'body/\(\(' is not a regex"):
+        train_lib.setup(bad)

@@ -7,6 +7,7 @@ Config files (``configs/*.py``) start from :func:`base_config` and change values
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import ml_collections
@@ -24,6 +25,9 @@ def stage_defaults() -> dict[str, Any]:
     return dict(
         kind="task",  # key of xmodal_jax.methods.STAGE_KINDS
         trainable=("embedder", "body", "head"),
+        # Regex on "group/…/leaf" paths of trainable groups to keep frozen ("" = none), e.g.
+        # PaRe's Darcy "Wv" recipe: r"body/.*attn/(query|key)/".
+        freeze="",
         epochs=1.0,  # length in epochs of the stage's main dataset; `steps` > 0 overrides it
         steps=0,
         optimizer="adam",
@@ -196,6 +200,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         get = st.get
         if get("kind") not in methods.STAGE_KINDS:
             errors.append(f"{where}kind: {get('kind')!r} not in {sorted(methods.STAGE_KINDS)}")
+        if get("freeze"):
+            try:
+                re.compile(get("freeze"))
+            except re.error as e:
+                errors.append(f"{where}freeze: {get('freeze')!r} is not a regex ({e})")
         if get("optimizer") not in OPTIMIZERS:
             errors.append(f"{where}optimizer: {get('optimizer')!r} not in {OPTIMIZERS}")
         if get("schedule") not in SCHEDULES:

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -99,23 +100,43 @@ def make_optimizer(cfg: Any, params: dict, num_steps: int) -> optax.GradientTran
     if wd and cfg.optimizer != "adamw":
         parts.append(optax.add_decayed_weights(wd))
     tx = optax.chain(*parts, base)
-    trainable = set(cfg.trainable)
-    labels = {
-        g: jax.tree.map(lambda _, g=g: "train" if g in trainable else "frozen", sub)
-        for g, sub in params.items()
-    }
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return optax.multi_transform(
+        {"train": tx, "frozen": optax.set_to_zero()},
+        train_labels(params, tuple(cfg.trainable), cfg.get("freeze", "")),
+    )
+
+
+def train_labels(params: dict, trainable: tuple[str, ...], freeze: str = "") -> dict:
+    """``"train"`` / ``"frozen"`` per leaf: the trainable groups minus leaves matching ``freeze``.
+
+    ``freeze`` is a regex on the ``group/…/leaf`` path (e.g. PaRe's Darcy "Wv" recipe freezes
+    ``body/.*attn/(query|key)/``); frozen leaves get no optimizer state and no update.
+    """
+    rx = re.compile(freeze) if freeze else None
+
+    def label(path, _):
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        group = name.split("/", 1)[0]
+        ok = group in trainable and not (rx is not None and rx.search(name))
+        return "train" if ok else "frozen"
+
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
 # --- steps ----------------------------------------------------------------------------------------
 
 
-def _freeze(params: dict, trainable: tuple[str, ...]) -> dict:
+def _freeze(params: dict, trainable: tuple[str, ...], freeze: str = "") -> dict:
     # stop_gradient gives symbolic-zero cotangents: XLA never computes frozen weight gradients.
+    if freeze:
+        labels = train_labels(params, trainable, freeze)
+        return jax.tree.map(
+            lambda p, lab: p if lab == "train" else jax.lax.stop_gradient(p), params, labels
+        )
     return {g: p if g in trainable else jax.lax.stop_gradient(p) for g, p in params.items()}
 
 
-def grad_fn_of(stage: Stage):
+def grad_fn_of(stage: Stage, freeze: str = ""):
     """The stage's ``(params, batch, rng, step) → (loss, metrics, grads)``."""
     if stage.grad_fn is not None:
         if stage.uses_step:
@@ -126,7 +147,7 @@ def grad_fn_of(stage: Stage):
         extra = (step,) if stage.uses_step else ()
 
         def loss(p):
-            return stage.loss_fn(_freeze(p, stage.trainable), batch, rng, *extra)
+            return stage.loss_fn(_freeze(p, stage.trainable, freeze), batch, rng, *extra)
 
         (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
         return value, aux, grads
@@ -151,7 +172,7 @@ def build_train_step(
     ``start`` is the global step at which the stage began (its schedule counts from there); the
     step's rng is ``fold_in(key(seed), global step)``, so a resumed run draws the same keys.
     """
-    gfn = grad_fn_of(stage)
+    gfn = grad_fn_of(stage, cfg.get("freeze", ""))
     accum = int(cfg.accum)
     schedule = make_schedule(cfg, num_steps)
 
