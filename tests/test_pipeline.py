@@ -79,3 +79,14 @@ def test_carve_validation_disjoint_and_stratified():
 def test_batch_larger_than_data_is_an_error():
     with pytest.raises(ValueError, match="batch size 50 exceeds the 23 training examples"):
         pipeline.train_iterator(_arrays(), 50, seed=0)
+
+
+def test_a_stream_smaller_than_the_batch_cycles_only_when_asked():
+    arrays = {"x": np.arange(6, dtype=np.float32)[:, None], "y": np.arange(6)}
+    with pytest.raises(ValueError, match="batch size 8 exceeds the 6 training examples"):
+        pipeline.train_iterator(arrays, 8, seed=0, prefetch=0)
+    it = pipeline.train_iterator(arrays, 8, seed=0, prefetch=0, cycle=True)
+    batches = [next(it)["y"] for _ in range(3)]
+    assert all(len(b) == 8 for b in batches)
+    seen = np.concatenate(batches[:1])
+    assert set(seen) == set(range(6))  # a pass covers every example before any repeats twice

@@ -377,6 +377,7 @@ class StageBatches:
                 prefetch=prefetch,
                 state=None if state is None else state[prefix],
                 balanced=prefix in stage.balanced,
+                cycle=prefix != "",  # source streams cycle (the target stream defines epochs)
             )
             for i, (prefix, arrays) in enumerate(sorted(stage.datasets.items()))
         }

@@ -60,7 +60,9 @@ class _BalancedBatches:
 class _TrainBatches:
     """Random-access source: global step ``i`` → this process's rows of that global batch."""
 
-    def __init__(self, arrays: Arrays, global_batch: int, seed: int, shuffle: bool):
+    def __init__(
+        self, arrays: Arrays, global_batch: int, seed: int, shuffle: bool, cycle: bool = False
+    ):
         self.arrays, self.global_batch, self.seed, self.shuffle = (
             arrays,
             global_batch,
@@ -68,9 +70,12 @@ class _TrainBatches:
             shuffle,
         )
         self.n = _check(arrays)
-        if global_batch > self.n:
+        if global_batch > self.n and not cycle:
             raise ValueError(f"batch size {global_batch} exceeds the {self.n} training examples")
-        self.per_epoch = self.n // global_batch  # drop the remainder: static shapes
+        # cycle: an "epoch" is ⌈batch / n⌉ passes (each its own permutation), so a stream smaller
+        # than the batch (a source proxy) still gives full batches.
+        self.passes = -(-global_batch // self.n) if cycle else 1
+        self.per_epoch = self.passes * self.n // global_batch  # drop the remainder: static shapes
         self.rows = parallel.process_slice(global_batch)
 
     def __len__(self) -> int:
@@ -79,8 +84,15 @@ class _TrainBatches:
     @functools.lru_cache(maxsize=2)  # noqa: B019 - one source per run; caches the epoch order
     def _order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
-            return np.arange(self.n)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            return np.tile(np.arange(self.n), self.passes)
+        if self.passes == 1:
+            return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return np.concatenate(
+            [
+                np.random.default_rng([self.seed, epoch, r]).permutation(self.n)
+                for r in range(self.passes)
+            ]
+        )
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         epoch, j = divmod(int(i), self.per_epoch)
@@ -97,6 +109,7 @@ def train_iterator(
     prefetch: int = 2,
     state: dict | None = None,
     balanced: bool = False,
+    cycle: bool = False,
 ) -> grain.DatasetIterator:
     """An endless Grain iterator of this process's share of each global batch.
 
@@ -104,11 +117,12 @@ def train_iterator(
     dropped, and ``prefetch`` batches are prepared in background threads. ``state`` (from
     ``iterator.get_state()``) resumes exactly where a checkpoint left off. ``balanced`` draws
     each batch class-balanced on ``arrays["y"]`` instead (with replacement, seeded per step).
+    ``cycle`` lets a dataset smaller than the batch repeat within a batch (source streams).
     """
     source = (
         _BalancedBatches(arrays, global_batch, seed)
         if balanced
-        else _TrainBatches(arrays, global_batch, seed, shuffle)
+        else _TrainBatches(arrays, global_batch, seed, shuffle, cycle)
     )
     ds = grain.MapDataset.source(source).to_iter_dataset(
         grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
