@@ -40,14 +40,14 @@ def _cmd(tiny_bert_path, workdir, *extra):
     ]
 
 
-def test_two_processes_match_one_process(tiny_bert_path, tmp_path):
+def _launch_two(tiny_bert_path, workdir) -> list[subprocess.Popen]:
+    """Starts the 2-process run (2 CPU devices each) of ``_cmd`` on ``workdir``."""
     port = _free_port()
-    two = tmp_path / "two"
-    procs = [
+    return [
         subprocess.Popen(
             _cmd(
                 tiny_bert_path,
-                two,
+                workdir,
                 f"--coordinator=127.0.0.1:{port}",
                 "--num_processes=2",
                 f"--process_id={i}",
@@ -60,6 +60,11 @@ def test_two_processes_match_one_process(tiny_bert_path, tmp_path):
         )
         for i in range(2)
     ]
+
+
+def test_two_processes_match_one_process(tiny_bert_path, tmp_path):
+    two = tmp_path / "two"
+    procs = _launch_two(tiny_bert_path, two)
     one = tmp_path / "one"
     single = subprocess.run(
         _cmd(tiny_bert_path, one),
@@ -100,24 +105,7 @@ def test_two_processes_match_one_process(tiny_bert_path, tmp_path):
         timeout=600,
     )
     assert first.returncode == 0, first.stderr[-3000:]
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            _cmd(
-                tiny_bert_path,
-                part,
-                f"--coordinator=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            cwd=ROOT,
-            env=_env(2),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    procs = _launch_two(tiny_bert_path, part)
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]

@@ -204,22 +204,16 @@ def _pare_config(tiny_config, **over):
     return cfg
 
 
-def test_pare_stage_trains_compiles_once_and_shards_like_one_device(tiny_config, tmp_path):
-    losses = {}
-    for n in (1, 8):
-        cfg = _pare_config(tiny_config, **{"mesh.num_devices": n})
-        wd = tmp_path / f"dev{n}"
-        train_lib.train(cfg, str(wd), verbose=False)
-        losses[n] = train_losses(wd)
-    recs = [json.loads(line) for line in open(tmp_path / "dev1" / "metrics.jsonl")]
+def test_pare_stage_follows_the_k_schedule_in_the_trainer(tiny_config, tmp_path):
+    # (8 devices vs 1 for the PaRe step: tests/test_scale.py)
+    train_lib.train(_pare_config(tiny_config), str(tmp_path), verbose=False)
+    recs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     train = [r for r in recs if r["split"] == "train"]
     ks = [r["k"] for r in train]
     # 1D schedule with seq_num = N_s = 8 over E = 2 epochs: k = 8 then 4 (clamped to N_t = 8).
     assert ks[:6] == [8.0] * 6 and ks[6:] == [4.0] * 6
     assert all(np.isfinite(r["source_loss"]) for r in train)
-    rel = max(abs(losses[8][s] - losses[1][s]) / abs(losses[1][s]) for s in losses[1])
-    print(f"\nPaRe, 8 devices vs 1: max relative loss diff {rel:.2e}")
-    assert rel <= 1e-5
+    assert sorted(train_losses(tmp_path)) == list(range(1, 13))
 
 
 def test_pare_step_compiles_once_across_k_and_phases(tiny_config):
