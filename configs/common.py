@@ -37,6 +37,10 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 
 METHODS = ("orca", "mona", "finetune", "pare")
+# The end-to-end optimiser of the offline recipes (ORCA/MoNA's fine-tune stage, PaRe's one stage).
+END_TO_END = dict(
+    optimizer="adamw", weight_decay=0.01, warmup_fraction=0.1, schedule="linear", clip=1.0
+)
 
 
 def _pare_recipe(config, *, epochs: float, lr: float) -> None:
@@ -54,12 +58,8 @@ def _pare_recipe(config, *, epochs: float, lr: float) -> None:
         kind="pare",
         trainable=("embedder", "body", "head", "gate", "source_head"),
         epochs=epochs,
-        optimizer="adamw",
         lr=lr,
-        weight_decay=0.01,
-        warmup_fraction=0.1,
-        schedule="linear",
-        clip=1.0,
+        **END_TO_END,
         pare_begin=2000,
         pare_end=1500,
         pare_reference_tokens=3136,
@@ -122,12 +122,8 @@ def offline_recipe(config, method: str, *, epochs: float, align_steps: int, lr: 
         kind="task",
         trainable=("embedder", "body", "head"),
         epochs=epochs,
-        optimizer="adamw",
         lr=lr,
-        weight_decay=0.01,
-        warmup_fraction=0.1,
-        schedule="linear",
-        clip=1.0,
+        **END_TO_END,
     )
     order.append("finetune")
     config.stage_order = ",".join(order)

@@ -296,16 +296,9 @@ def source_tokens(model: Any, source: dict, skip: int) -> Array:
     """Frozen source-embedder tokens of a source batch (or the precomputed text-proxy tokens)."""
     if "tokens" in source:
         z = source["tokens"]
-    elif "input_ids" in source:
-        z = model.source_embedder(input_ids=source["input_ids"])
     else:
-        from xmodal_jax.models import embedders
-
-        # Onto the target embedder's image size, so source and target share the token grid.
-        px, hw = source["pixel_values"], getattr(model.embedder, "image_size", None)
-        if hw is not None:
-            px = embedders.resize_bilinear(px, hw)
-        z = model.source_embedder(pixel_values=px)
+        inputs = {k: source[k] for k in ("input_ids", "pixel_values") if k in source}
+        z = model.source_tokens(**inputs)
     return jax.lax.stop_gradient(z[:, skip:])
 
 

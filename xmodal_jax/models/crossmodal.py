@@ -150,21 +150,23 @@ class CrossModalModel(nnx.Module):
         """Target inputs → task outputs (logits, regression values or dense fields)."""
         return self.outputs(self.features(x))
 
-    def source_features(self, attention_mask: Array | None = None, **inputs: Array) -> Array:
-        """Source inputs (HF names) → body output tokens through the frozen source embedder.
+    def source_tokens(self, **inputs: Array) -> Array:
+        """Source inputs (HF names) → tokens of the frozen source embedder (input layer only).
 
         Source images are resized to the target embedder's image size first (CIFAR-10's 32 px →
         224 for Swin-B, as the reference does; a ResNet's task resolution), so they land on the
-        token grid the body expects.
+        token grid the body expects; float inputs take the compute dtype.
         """
-        hw = getattr(self.embedder, "image_size", None)
         if "pixel_values" in inputs:
-            px = self._in(inputs["pixel_values"])
-            inputs = {
-                **inputs,
-                "pixel_values": px if hw is None else embedders.resize_bilinear(px, hw),
-            }
-        return self.encode_frame(self.source_embedder(**inputs), attention_mask)
+            px, hw = self._in(inputs["pixel_values"]), getattr(self.embedder, "image_size", None)
+            if hw is not None:
+                px = embedders.resize_bilinear(px, hw)
+            inputs = {**inputs, "pixel_values": px}
+        return self.source_embedder(**inputs)
+
+    def source_features(self, attention_mask: Array | None = None, **inputs: Array) -> Array:
+        """Source inputs (HF names) → body output tokens through the frozen source embedder."""
+        return self.encode_frame(self.source_tokens(**inputs), attention_mask)
 
 
 def _swin_output_grid(depths: tuple[int, ...], grid: tuple[int, int]) -> tuple[int, int]:
