@@ -17,6 +17,7 @@ _SPLIT = flags.DEFINE_enum("split", "test", ["test", "val", "train"], "split to 
 
 def evaluate_workdir(workdir: str, which: str = "best", split: str = "test") -> dict:
     """Restores ``which`` checkpoint of ``workdir`` and returns ``{"metric", "value", "step"}``."""
+    import jax
     import ml_collections
 
     from xmodal_jax import checkpoint, train_lib
@@ -33,7 +34,8 @@ def evaluate_workdir(workdir: str, which: str = "best", split: str = "test") -> 
         tx = train_lib.make_optimizer(scfg, run.params, n)
         target = train_lib.init_state(run, tx, 0)
         state, _, meta = ckpt.restore(checkpoint.abstract_like(target), which)
-        value = train_lib.evaluate(run, train_lib.make_predict(run), state.params, split)
+        with jax.set_mesh(run.mesh):  # the mesh the bodies pin activations against
+            value = train_lib.evaluate(run, train_lib.make_predict(run), state.params, split)
         return {"metric": run.task.metric, "split": split, "value": value, "step": meta["step"]}
     finally:
         ckpt.close()

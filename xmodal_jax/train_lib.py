@@ -717,96 +717,99 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = Tr
     stop = {"term": False}
     steps_here = 0
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(term=True))
-    try:
-        for si in range(first_stage, len(stages)):
-            stage, scfg, num_steps = stages[si]
-            tx = make_optimizer(scfg, params, num_steps)
-            state = init_state(run, tx, global_step, params)
-            data_state = None
-            if si == first_stage and meta is not None:
-                state, data, _ = ckpt.restore(checkpoint.abstract_like(state), "latest")
-                data_state = data["iterators"]
-                global_step = int(state.step)
-            stage_step = resume_step if si == first_stage else 0
-            state_sh = jax.tree.map(lambda x: x.sharding, state)
-            step_fn = jax.jit(
-                build_train_step(stage, scfg, tx, seed, global_step - stage_step, num_steps),
-                in_shardings=(state_sh, bsh),
-                out_shardings=(state_sh, None),
-                donate_argnums=(0,),
-            )
-            batches = StageBatches(stage, bs, seed + si, int(config.data.prefetch), data_state)
-            main = stage.datasets.get("") or next(iter(stage.datasets.values()))
-            per_epoch = pipeline.steps_per_epoch(len(next(iter(main.values()))), bs)
-            eval_every = int(config.eval_every) or per_epoch
-            ckpt_every = int(config.checkpoint.every_steps) or eval_every
-            say(f"stage {stage.name!r}: {num_steps} steps, trainable {list(stage.trainable)}")
-            loop = _StageLoop(
-                run,
-                stage,
-                num_steps,
-                state,
-                batches,
-                stage_step,
-                best,
-                (ckpt, logger, say, predict),
-            )
-            pending = None
-            if loop.stage_step < num_steps:
-                # Compile ahead of time on the first batch: the step's FLOPs and per-device
-                # memory are known (printed, saved to compile.json) before the first update.
-                pending = parallel.shard_batch(next(batches), run.mesh)
-                t0 = time.time()
-                step_fn = step_fn.lower(loop.state, pending).compile()
-                stats = compile_stats(step_fn, time.time() - t0)
-                say(f"stage {stage.name!r} step compiled: {format_compile_stats(stats)}")
-                _write_compile_stats(workdir, stage.name, stats)
-            while loop.stage_step < num_steps:
-                if pending is not None:
-                    batch, pending = pending, None
-                else:
-                    batch = parallel.shard_batch(next(batches), run.mesh)
-                loop.state, metrics_ = step_fn(loop.state, batch)
-                loop.record(metrics_)
-                steps_here += 1
-                if loop.stage_step % int(config.log_every) == 0:
-                    loop.flush()
-                last = loop.stage_step == num_steps
-                improved = False
-                if stage.evaluate and (loop.stage_step % eval_every == 0 or last):
-                    improved = loop.validate()
-                if stop["term"] or steps_here == int(config.stop_after):
-                    loop.save(si)
-                    ckpt.wait()
-                    where = f"saved step {loop.global_step} in {workdir}"
-                    if stop["term"]:
-                        raise Preempted(f"SIGTERM: {where}")
-                    raise Stopped(f"stop_after={steps_here}: {where}")
-                if improved or loop.stage_step % ckpt_every == 0 or last:
-                    loop.save(si, best_too=improved)
-            loop.flush()
-            state, params, best = loop.state, loop.state.params, loop.best
-            global_step, resume_step = loop.global_step, 0
-        ckpt.wait()
+    # The run's mesh in context while steps trace: the bodies pin their block activations
+    # batch-sharded against it (parallel.constrain_batch).
+    with jax.set_mesh(run.mesh):
+        try:
+            for si in range(first_stage, len(stages)):
+                stage, scfg, num_steps = stages[si]
+                tx = make_optimizer(scfg, params, num_steps)
+                state = init_state(run, tx, global_step, params)
+                data_state = None
+                if si == first_stage and meta is not None:
+                    state, data, _ = ckpt.restore(checkpoint.abstract_like(state), "latest")
+                    data_state = data["iterators"]
+                    global_step = int(state.step)
+                stage_step = resume_step if si == first_stage else 0
+                state_sh = jax.tree.map(lambda x: x.sharding, state)
+                step_fn = jax.jit(
+                    build_train_step(stage, scfg, tx, seed, global_step - stage_step, num_steps),
+                    in_shardings=(state_sh, bsh),
+                    out_shardings=(state_sh, None),
+                    donate_argnums=(0,),
+                )
+                batches = StageBatches(stage, bs, seed + si, int(config.data.prefetch), data_state)
+                main = stage.datasets.get("") or next(iter(stage.datasets.values()))
+                per_epoch = pipeline.steps_per_epoch(len(next(iter(main.values()))), bs)
+                eval_every = int(config.eval_every) or per_epoch
+                ckpt_every = int(config.checkpoint.every_steps) or eval_every
+                say(f"stage {stage.name!r}: {num_steps} steps, trainable {list(stage.trainable)}")
+                loop = _StageLoop(
+                    run,
+                    stage,
+                    num_steps,
+                    state,
+                    batches,
+                    stage_step,
+                    best,
+                    (ckpt, logger, say, predict),
+                )
+                pending = None
+                if loop.stage_step < num_steps:
+                    # Compile ahead of time on the first batch: the step's FLOPs and per-device
+                    # memory are known (printed, saved to compile.json) before the first update.
+                    pending = parallel.shard_batch(next(batches), run.mesh)
+                    t0 = time.time()
+                    step_fn = step_fn.lower(loop.state, pending).compile()
+                    stats = compile_stats(step_fn, time.time() - t0)
+                    say(f"stage {stage.name!r} step compiled: {format_compile_stats(stats)}")
+                    _write_compile_stats(workdir, stage.name, stats)
+                while loop.stage_step < num_steps:
+                    if pending is not None:
+                        batch, pending = pending, None
+                    else:
+                        batch = parallel.shard_batch(next(batches), run.mesh)
+                    loop.state, metrics_ = step_fn(loop.state, batch)
+                    loop.record(metrics_)
+                    steps_here += 1
+                    if loop.stage_step % int(config.log_every) == 0:
+                        loop.flush()
+                    last = loop.stage_step == num_steps
+                    improved = False
+                    if stage.evaluate and (loop.stage_step % eval_every == 0 or last):
+                        improved = loop.validate()
+                    if stop["term"] or steps_here == int(config.stop_after):
+                        loop.save(si)
+                        ckpt.wait()
+                        where = f"saved step {loop.global_step} in {workdir}"
+                        if stop["term"]:
+                            raise Preempted(f"SIGTERM: {where}")
+                        raise Stopped(f"stop_after={steps_here}: {where}")
+                    if improved or loop.stage_step % ckpt_every == 0 or last:
+                        loop.save(si, best_too=improved)
+                loop.flush()
+                state, params, best = loop.state, loop.state.params, loop.best
+                global_step, resume_step = loop.global_step, 0
+            ckpt.wait()
 
-        # Final evaluation: test at the last step and at the best validation checkpoint.
-        results = {"task": run.task.name, "metric": run.task.metric, "body": config.body.init}
-        results["val_last"] = evaluate(run, predict, params, "val")
-        results["test_last"] = evaluate(run, predict, params, "test")
-        if ckpt.resolve("best") is not None:
-            best_state, _, best_meta = ckpt.restore(checkpoint.abstract_like(state), "best")
-            results["best_step"] = int(best_meta["step"])
-            results["val_best"] = evaluate(run, predict, best_state.params, "val")
-            results["test_best"] = evaluate(run, predict, best_state.params, "test")
-        results["wall_s"] = time.time() - t_start
-        if jax.process_index() == 0:
-            with open(os.path.join(workdir, "results.json"), "w") as f:
-                json.dump(results, f, indent=2)
-        plot_curves(workdir)
-        say("results: " + json.dumps(results))
-        return results
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        logger.close()
-        ckpt.close()
-        sys.stdout.flush()
+            # Final evaluation: test at the last step and at the best validation checkpoint.
+            results = {"task": run.task.name, "metric": run.task.metric, "body": config.body.init}
+            results["val_last"] = evaluate(run, predict, params, "val")
+            results["test_last"] = evaluate(run, predict, params, "test")
+            if ckpt.resolve("best") is not None:
+                best_state, _, best_meta = ckpt.restore(checkpoint.abstract_like(state), "best")
+                results["best_step"] = int(best_meta["step"])
+                results["val_best"] = evaluate(run, predict, best_state.params, "val")
+                results["test_best"] = evaluate(run, predict, best_state.params, "test")
+            results["wall_s"] = time.time() - t_start
+            if jax.process_index() == 0:
+                with open(os.path.join(workdir, "results.json"), "w") as f:
+                    json.dump(results, f, indent=2)
+            plot_curves(workdir)
+            say("results: " + json.dumps(results))
+            return results
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            logger.close()
+            ckpt.close()
+            sys.stdout.flush()

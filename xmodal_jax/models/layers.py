@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xmodal_jax import parallel
+
 Array = jax.Array
 
 # HF initialises every dense layer with N(0, 0.02); our random init does the same so that a
@@ -188,10 +190,12 @@ def call_block(block: nnx.Module, policy: str, x: Array, *args: Any) -> Array:
     The block is split into (graphdef, state) and called as a pure function of its state, so the
     remat sits inside plain-JAX differentiation (MoNA's grad of grad) without nesting nnx
     transforms. Array ``args`` (the attention bias) are passed through; others (Swin's static
-    token grid, a ``None`` bias) are closed over.
+    token grid, a ``None`` bias) are closed over. Input and output are pinned batch-sharded when
+    a mesh is in context (:func:`xmodal_jax.parallel.constrain_batch`).
     """
+    x = parallel.constrain_batch(x)
     if check_remat(policy) == "none":
-        return block(x, *args)
+        return parallel.constrain_batch(block(x, *args))
     graphdef, state = nnx.split(block)
     arrays = [a for a in args if isinstance(a, jax.Array)]
 
@@ -201,8 +205,9 @@ def call_block(block: nnx.Module, policy: str, x: Array, *args: Any) -> Array:
         return nnx.merge(graphdef, state)(x, *call_args)
 
     if policy == "full":
-        return recompute_in_backward(pure)(state, x, *arrays)
-    return jax.checkpoint(pure, policy=REMAT_POLICIES[policy])(state, x, *arrays)
+        return parallel.constrain_batch(recompute_in_backward(pure)(state, x, *arrays))
+    ckpt = jax.checkpoint(pure, policy=REMAT_POLICIES[policy])
+    return parallel.constrain_batch(ckpt(state, x, *arrays))
 
 
 def set_remat(module: nnx.Module, policy: str) -> nnx.Module:

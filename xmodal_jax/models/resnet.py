@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from xmodal_jax import parallel
 from xmodal_jax.models import layers
 from xmodal_jax.models.weights import Rule, Transform, WeightLoadError, require
 
@@ -347,9 +348,9 @@ class ResNetEncoder(nnx.Module):
                 f"tokens have shape {tokens.shape}; a {h}×{w} grid needs "
                 f"[B, {h * w}, {self.cfg.embedding_size}]"
             )
-        x = tokens.reshape(b, h, w, c)
+        x = parallel.constrain_batch(tokens.reshape(b, h, w, c))
         for stage in self.stages:
-            x = stage(x)
+            x = parallel.constrain_batch(stage(x))
         return x.reshape(b, -1, x.shape[-1])
 
 
