@@ -655,7 +655,7 @@ def init_params(name: str, cfg: Any, ctx: Context, key: Array) -> dict[str, Any]
     stage lists ``lsg_proj`` in ``trainable``; the evaluation path never reads it.
     """
     del name
-    f = int(ctx.pretrained.module().output_dim)
+    f = ctx.pretrained.dims[1]
     d = _text_dim(cfg, ctx)
     bound = 1.0 / np.sqrt(f)
     kw, kb = jax.random.split(key)

@@ -254,11 +254,6 @@ def family_of(ctx: Context, cfg: Any) -> str:
     return fam
 
 
-def _dims(ctx: Context) -> tuple[int, int]:
-    full = ctx.pretrained.module()
-    return full.token_dim, full.output_dim
-
-
 def num_source_classes(ctx: Context) -> int:
     """Classes of the source labels (the source head's width)."""
     return int(np.max(ctx.source["y"])) + 1
@@ -271,7 +266,7 @@ def init_params(name: str, cfg: Any, ctx: Context, key: Array) -> Params:
     """
     if ctx.source is None:
         raise ValueError(f"stages.{name}: PaRe needs source data (config.source)")
-    d_tok, d_out = _dims(ctx)
+    d_tok, d_out = ctx.pretrained.dims
     kg, kgb, kh, khb = jax.random.split(key, 4)
 
     def linear(k1, k2, fan_in, fan_out):

@@ -172,6 +172,17 @@ class Pretrained:
         """A stateful nnx module holding ``params`` (defaults to the pretrained ones)."""
         return nnx.merge(self.graphdef, self.params if params is None else params)
 
+    @functools.cached_property
+    def dims(self) -> tuple[int, int]:
+        """``(token_dim, output_dim)``: the widths of the tokens the encoder takes and returns.
+
+        Read from a module merged over abstract ``ShapeDtypeStruct`` leaves, so no array is
+        touched and it is safe inside traced set-up code (method-owned parameter inits).
+        """
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), self.params)
+        body = nnx.merge(self.graphdef, abstract)
+        return int(body.token_dim), int(body.output_dim)
+
     def random_params(self, seed: int = 0) -> dict:
         """Freshly initialised params of the same architecture (the from-scratch baseline)."""
         arch = ARCHITECTURES[self.model_type]
