@@ -48,7 +48,14 @@ BENCHES = {
         [],
         ["--rounds", "2", "--steps", "2"],
     ),
+    "fsdp_memory": (
+        "Per-device memory of a RoBERTa-large fine-tune step under data / FSDP meshes (AOT)",
+        "FSDP shards params and optimizer state (ZeRO-3); no speed goal on fake devices",
+        [],
+        ["--variants", "data8,fsdp8"],
+    ),
 }
+TEXT_TABLES = ("step_time", "fsdp_memory")  # fixed-width tables kept whole
 
 
 def summary_lines(stdout: str) -> list[str]:
@@ -96,7 +103,7 @@ def main() -> None:
         if proc.returncode != 0:
             out += ["```", f"exit code {proc.returncode}", proc.stderr[-2000:], "```", ""]
             continue
-        if name == "step_time":  # a fixed-width text table: keep it whole
+        if name in TEXT_TABLES:
             out += ["```text", proc.stdout.strip(), "```", ""]
         else:
             out += [*summary_lines(proc.stdout), ""]

@@ -542,12 +542,41 @@ def _on_mesh(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     )
 
 
+def opt_state_shardings(
+    tx: optax.GradientTransformation, params: Any, param_shardings: Any, mesh: jax.sharding.Mesh
+) -> Any:
+    """Shardings of ``tx``'s state: every param-shaped moment shares its param's sharding.
+
+    Why explicit: ``jax.jit(tx.init)`` leaves the moments' placement to the partitioner, and
+    ``zeros_like`` does not depend on the param's values, so they came back unsharded (one
+    device, then replicated): FSDP params with replicated AdamW moments are not ZeRO-3, and for
+    a large body the moments alone overflow each device. Counts and other non-param leaves are
+    replicated. Works through ``multi_transform``'s masked states (``optax.tree_map_params``).
+    """
+    rep = parallel.replicated(mesh)
+    return optax.tree_map_params(
+        tx,
+        # Frozen leaves' masked (empty) states stay MaskedNode: the tree mirrors tx.init's.
+        lambda leaf, sharding: leaf if isinstance(leaf, optax.MaskedNode) else sharding,
+        jax.eval_shape(tx.init, params),
+        param_shardings,
+        transform_non_params=lambda _: rep,
+        is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+    )
+
+
 def init_state(
     run: Run, tx: optax.GradientTransformation, step: int, params: dict | None = None
 ) -> TrainState:
-    """A train state on the run's mesh: params as given, fresh optimizer state for ``tx``."""
-    params = run.params if params is None else params
-    state = TrainState(jnp.asarray(step, jnp.int32), params, jax.jit(tx.init)(params))
+    """A train state on the run's mesh: params as given, fresh optimizer state for ``tx``.
+
+    The optimizer state is created sharded like the params (:func:`opt_state_shardings`).
+    """
+    params = _on_mesh(run.params if params is None else params, run.mesh)
+    param_sh = jax.tree.map(lambda x: x.sharding, params)
+    opt_sh = opt_state_shardings(tx, params, param_sh, run.mesh)
+    opt = jax.jit(tx.init, out_shardings=opt_sh)(params)
+    state = TrainState(jnp.asarray(step, jnp.int32), params, opt)
     return _on_mesh(state, run.mesh)
 
 
