@@ -1,8 +1,9 @@
 """Per-device memory of the fine-tune step for bodies that do not fit one device, from AOT compiles.
 
-A RoBERTa-large body (355 M params; 24 layers, width 1024) is built **abstractly** from its
-published ``config.json`` fields (no weights are read or materialised), wrapped in the project's
-cross-modal model for a 1D task, and the project's real fine-tune step
+A RoBERTa-large body (355 M params; 24 layers, width 1024), or with ``--body swin_large`` a
+Swin-large one (195 M params), is built **abstractly** from its published ``config.json``
+fields (no weights are read or materialised), wrapped in the project's cross-modal model for a
+1D (RoBERTa) or 2D (Swin) task, and the project's real fine-tune step
 (``train_lib.build_train_step`` over ``finetune.task_loss_fn``, AdamW, state donated) is lowered
 and compiled ahead of time on 8 fake CPU devices under several meshes, exactly as
 ``train_lib.train`` compiles it (same sharding rules, the run's mesh in context so block
@@ -15,6 +16,7 @@ Run from the repository root (a few minutes on 2 cores; most of it is XLA compil
 
     python bench/fsdp_memory.py
     python bench/fsdp_memory.py --batch 32 --tokens 128 --variants data8,fsdp8,fsdp8_remat
+    python bench/fsdp_memory.py --body swin_large --batch 8 --variants data8,fsdp8
 """
 
 from __future__ import annotations
@@ -60,6 +62,18 @@ ROBERTA_LARGE = {
     "layer_norm_eps": 1e-5,
     "pad_token_id": 1,
 }
+# swin-large (in22k, 224 px, window 7)'s config.json.
+SWIN_LARGE = {
+    "model_type": "swin",
+    "image_size": 224,
+    "patch_size": 4,
+    "num_channels": 3,
+    "embed_dim": 192,
+    "depths": [2, 2, 18, 2],
+    "num_heads": [6, 12, 24, 48],
+    "window_size": 7,
+}
+BODIES = {"roberta_large": ROBERTA_LARGE, "swin_large": SWIN_LARGE}
 # name → (data, fsdp, remat policy, compute dtype)
 VARIANTS = {
     "data8": (8, 1, "none", "float32"),
@@ -152,16 +166,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens", type=int, default=128, help="target_seq_len of the embedder")
     p.add_argument("--length", type=int, default=512, help="input samples per example (1 chan)")
     p.add_argument("--variants", default="data8,fsdp8,2x4,fsdp8_remat,fsdp8_bf16")
+    p.add_argument(
+        "--body",
+        default="roberta_large",
+        choices=sorted(BODIES),
+        help="roberta_large: 1D task [B, 1, length]; swin_large: 2D task [B, 3, 224, 224]",
+    )
     args = p.parse_args(argv)
     if jax.device_count() != 8:
         raise SystemExit(f"needs 8 (fake) devices, found {jax.device_count()}")
-    pre = abstract_body(ROBERTA_LARGE, "roberta-large (abstract)")
+    name = args.body.replace("_", "-")
+    pre = abstract_body(BODIES[args.body], f"{name} (abstract)")
     n_body = sum(a.size for a in jax.tree.leaves(pre.params))
-    spec = xm.TaskSpec((1, args.length), "classification", NUM_CLASSES, target_seq_len=args.tokens)
+    if args.body == "swin_large":
+        spec = xm.TaskSpec((3, 224, 224), "classification", NUM_CLASSES)
+        task = "[B, 3, 224, 224] → 56×56 patch tokens"
+    else:
+        spec = xm.TaskSpec(
+            (1, args.length), "classification", NUM_CLASSES, target_seq_len=args.tokens
+        )
+        task = f"[B, 1, {args.length}] → {args.tokens} tokens"
     gib = 2.0**30
     print(
-        f"body roberta-large (abstract, {n_body / 1e6:.0f} M params) | task [B, 1, {args.length}] "
-        f"→ {args.tokens} tokens, {NUM_CLASSES} classes | global batch {args.batch} | 8 fake CPU "
+        f"body {name} (abstract, {n_body / 1e6:.0f} M params) | task {task}, "
+        f"{NUM_CLASSES} classes | global batch {args.batch} | 8 fake CPU "
         f"devices | AdamW, full fine-tuning | f32 params + 2 AdamW moments alone: "
         f"{3 * 4 * n_body / gib:.2f} GiB\n",
         flush=True,
