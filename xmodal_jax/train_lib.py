@@ -576,8 +576,8 @@ def init_state(
     param_sh = jax.tree.map(lambda x: x.sharding, params)
     opt_sh = opt_state_shardings(tx, params, param_sh, run.mesh)
     opt = jax.jit(tx.init, out_shardings=opt_sh)(params)
-    state = TrainState(jnp.asarray(step, jnp.int32), params, opt)
-    return _on_mesh(state, run.mesh)
+    step_arr = jax.device_put(jnp.asarray(step, jnp.int32), parallel.replicated(run.mesh))
+    return TrainState(step_arr, params, opt)
 
 
 def _check_finite(records: list[dict], stage: str) -> None:

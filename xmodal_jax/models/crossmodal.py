@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xmodal_jax.models import embedders, heads, resnet
+from xmodal_jax.models import embedders, heads, layers, resnet
 from xmodal_jax.models.pretrained import Pretrained, split
 
 Array = jax.Array
@@ -363,10 +363,7 @@ def with_compute_dtype(graphdef: nnx.GraphDef, params: Any, dtype: str) -> nnx.G
     """The graphdef of the same model computing in ``dtype`` (params unchanged, float32)."""
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype={dtype!r}; expected one of {COMPUTE_DTYPES}")
-    abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), params
-    )
-    model = nnx.merge(graphdef, abstract)
+    model = layers.abstract_module(graphdef, params)
     model.compute_dtype = dtype
     return nnx.split(model)[0]
 

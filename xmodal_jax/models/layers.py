@@ -195,19 +195,21 @@ def call_block(block: nnx.Module, policy: str, x: Array, *args: Any) -> Array:
     """
     x = parallel.constrain_batch(x)
     if check_remat(policy) == "none":
-        return parallel.constrain_batch(block(x, *args))
-    graphdef, state = nnx.split(block)
-    arrays = [a for a in args if isinstance(a, jax.Array)]
+        out = block(x, *args)
+    else:
+        graphdef, state = nnx.split(block)
+        arrays = [a for a in args if isinstance(a, jax.Array)]
 
-    def pure(state, x, *arrays):
-        it = iter(arrays)
-        call_args = [next(it) if isinstance(a, jax.Array) else a for a in args]
-        return nnx.merge(graphdef, state)(x, *call_args)
+        def pure(state, x, *arrays):
+            it = iter(arrays)
+            call_args = [next(it) if isinstance(a, jax.Array) else a for a in args]
+            return nnx.merge(graphdef, state)(x, *call_args)
 
-    if policy == "full":
-        return parallel.constrain_batch(recompute_in_backward(pure)(state, x, *arrays))
-    ckpt = jax.checkpoint(pure, policy=REMAT_POLICIES[policy])
-    return parallel.constrain_batch(ckpt(state, x, *arrays))
+        if policy == "full":
+            out = recompute_in_backward(pure)(state, x, *arrays)
+        else:
+            out = jax.checkpoint(pure, policy=REMAT_POLICIES[policy])(state, x, *arrays)
+    return parallel.constrain_batch(out)
 
 
 def set_remat(module: nnx.Module, policy: str) -> nnx.Module:
@@ -230,11 +232,20 @@ def with_remat(graphdef: nnx.GraphDef, params: Any, policy: str) -> nnx.GraphDef
     abstract ``ShapeDtypeStruct`` leaves (``params`` only gives the structure), re-tagged with
     :func:`set_remat` and split again; ``params`` fits the returned graphdef unchanged.
     """
+    return nnx.split(set_remat(abstract_module(graphdef, params), policy))[0]
+
+
+def abstract_module(graphdef: nnx.GraphDef, params: Any) -> nnx.Module:
+    """The module of ``graphdef`` merged over ``ShapeDtypeStruct`` stand-ins for ``params``.
+
+    Reads or re-tags a model's static attributes (widths, remat policy, compute dtype) without
+    touching an array, so it is safe on abstract params and inside traced set-up code; only the
+    shapes and dtypes of ``params`` are used.
+    """
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), params
     )
-    model = nnx.merge(graphdef, abstract)
-    return nnx.split(set_remat(model, policy))[0]
+    return nnx.merge(graphdef, abstract)
 
 
 def run_stack(

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xmodal_jax.models import weights
+from xmodal_jax.models import layers, weights
 from xmodal_jax.models.weights import WeightLoadError
 
 Array = jax.Array
@@ -179,8 +179,7 @@ class Pretrained:
         Read from a module merged over abstract ``ShapeDtypeStruct`` leaves, so no array is
         touched and it is safe inside traced set-up code (method-owned parameter inits).
         """
-        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), self.params)
-        body = nnx.merge(self.graphdef, abstract)
+        body = layers.abstract_module(self.graphdef, self.params)
         return int(body.token_dim), int(body.output_dim)
 
     def random_params(self, seed: int = 0) -> dict:
