@@ -46,24 +46,6 @@ def cli(tiny_bert_path, workdir, *extra, arg="steps=20,align=otdd"):
     ]
 
 
-def test_meshes_give_the_same_losses(tiny_config, tmp_path):
-    losses = {}
-    for data, fsdp, n in [(1, 1, 1), (8, 1, 8), (4, 2, 8)]:
-        cfg = tiny_config(
-            "steps=20,align=otdd",
-            **{"mesh.data": data, "mesh.fsdp": fsdp, "mesh.num_devices": n, "log_every": 1},
-        )
-        wd = tmp_path / f"mesh{data}x{fsdp}"
-        train_lib.train(cfg, str(wd), verbose=False)
-        losses[(data, fsdp)] = train_losses(wd)
-    ref = losses[(1, 1)]
-    assert sorted(ref) == list(range(1, 31))  # 10 align + 20 fine-tune steps
-    for mesh, got in losses.items():
-        rel = max(abs(got[s] - ref[s]) / max(abs(ref[s]), 1e-8) for s in ref)
-        print(f"\nmesh {mesh}: max relative loss difference vs (1,1) over 30 steps: {rel:.2e}")
-        assert rel <= 1e-5, mesh
-
-
 def test_fsdp_mesh_shards_body_weights(tiny_config):
     cfg = tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2})
     run = train_lib.setup(cfg)
@@ -128,7 +110,7 @@ def _steps(workdir):
 
 def test_sigkill_mid_save_resumes_from_last_complete_checkpoint(tiny_bert_path, tmp_path):
     wd = tmp_path / "killed"
-    cmd = cli(tiny_bert_path, wd, "--config.checkpoint.every_steps=1", arg="steps=60")
+    cmd = cli(tiny_bert_path, wd, "--config.checkpoint.every_steps=1", arg="steps=24")
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -145,7 +127,7 @@ def test_sigkill_mid_save_resumes_from_last_complete_checkpoint(tiny_bert_path, 
     assert f"step {meta['stage_step']}" in resumed.stdout  # resumed where the checkpoint was
     results = json.loads((wd / "results.json").read_text())
     assert np.isfinite(results["test_last"])
-    assert max(_steps(wd)) == 60
+    assert max(_steps(wd)) == 24
 
 
 def test_sigterm_saves_then_exits(tiny_bert_path, tmp_path):
