@@ -140,6 +140,40 @@ def test_name_tokens_are_exactly_the_class_name(minilm):
     assert len(picked) > 4
 
 
+@pytest.mark.parametrize("trim_offsets", [True, False])
+def test_name_tokens_with_a_byte_level_bpe_tokenizer(trim_offsets):
+    """RoBERTa-style byte-level BPE: word tokens carry the preceding space ("Ġsea").
+
+    With ``trim_offsets=False`` their offsets include that space, so a token-counting rule or a
+    containment test would be off by one; the overlap rule picks exactly the name's tokens.
+    """
+    from tokenizers import ByteLevelBPETokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [lsg.prompt(t, n)[0] for t in lsg.TEMPLATES for n in ("sea lion", "cat", "tabby")]
+    bpe = ByteLevelBPETokenizer(trim_offsets=trim_offsets)
+    bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1, special_tokens=["<s>", "</s>"])
+    bpe.post_processor = processors.RobertaProcessing(
+        ("</s>", bpe.token_to_id("</s>")),
+        ("<s>", bpe.token_to_id("<s>")),
+        trim_offsets=trim_offsets,
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>"
+    )
+    for name in ("sea lion", "tabby cat lion"):
+        text, span = lsg.prompt("a photo of the {}.", name)
+        enc = tok([text], return_offsets_mapping=True, return_tensors="np")
+        offsets = np.asarray(enc["offset_mapping"])
+        mask = lsg.name_token_mask(offsets, np.asarray([span]))[0]
+        picked = tok.convert_ids_to_tokens(enc["input_ids"][0][mask])
+        # The name's own tokens, as the tokenizer splits " name" in context.
+        assert tok.convert_tokens_to_string(picked).strip() == name, picked
+        assert picked[0].startswith("Ġ")  # the space-absorbing token is kept, "the" is not
+        if not trim_offsets:
+            assert offsets[0][mask][0][0] == span[0] - 1  # its offset starts at the space
+
+
 def test_label_embeddings_shape_norm_and_cache(minilm, tmp_path):
     emb = lsg.label_embeddings(["sea lion", "cat"], pretrained=minilm, cache_dir=str(tmp_path))
     assert emb.shape == (2, 80, 384)
