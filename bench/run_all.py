@@ -4,9 +4,12 @@ Each benchmark is its own script measuring ratios side by side in one run (the m
 noisy); this driver runs them one after another as subprocesses, keeps their markdown tables and
 summary lines, and records the command, wall time, date and machine for each::
 
-    python bench/run_all.py                       # everything (≈ 30–40 min on 2 cores)
-    python bench/run_all.py --only step_time,pare  # a subset
+    python bench/run_all.py                       # everything (≈ 20–40 min on 2 cores)
+    python bench/run_all.py --only step_time,pare  # rerun a subset, keep the other sections
     python bench/run_all.py --quick                # fewer rounds/steps (smoke run)
+
+Each section records its own command, date and wall time, so a subset can be rerun (say, on a
+quieter machine) without discarding the others.
 """
 
 from __future__ import annotations
@@ -82,14 +85,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--only: unknown benchmark(s) {unknown}; expected {sorted(BENCHES)}")
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    out = [
-        "# Benchmark results",
-        "",
-        f"Written by `python bench/run_all.py{' --quick' if args.quick else ''}` on {now}, "
-        f"{platform.machine()} with {os.cpu_count()} CPUs, Python {platform.python_version()}. "
-        "Every ratio is measured side by side in one run of its script.",
-        "",
-    ]
+    sections = read_sections(args.out) if len(names) < len(BENCHES) else {}
     for name in names:
         title, goal, full, quick = BENCHES[name]
         extra = quick if args.quick else full
@@ -99,17 +95,47 @@ def main() -> None:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         wall = time.time() - t0
         print(proc.stdout[-4000:], flush=True)
-        out += [f"## {title}", "", f"`python {' '.join(cmd[1:])}` — {goal}; {wall:.0f} s.", ""]
+        body = [f"`python {' '.join(cmd[1:])}` — {goal}; {wall:.0f} s, {now}.", ""]
         if proc.returncode != 0:
-            out += ["```", f"exit code {proc.returncode}", proc.stderr[-2000:], "```", ""]
-            continue
-        if name in TEXT_TABLES:
-            out += ["```text", proc.stdout.strip(), "```", ""]
+            body += ["```", f"exit code {proc.returncode}", proc.stderr[-2000:], "```", ""]
+        elif name in TEXT_TABLES:
+            body += ["```text", proc.stdout.strip(), "```", ""]
         else:
-            out += [*summary_lines(proc.stdout), ""]
+            body += [*summary_lines(proc.stdout), ""]
+        sections[title] = "\n".join(body).rstrip()
+    out = [
+        "# Benchmark results",
+        "",
+        f"Written by `python bench/run_all.py` (last run: `{' '.join(sys.argv[1:]) or 'all'}`, "
+        f"{now}), {platform.machine()} with {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}. Every ratio is measured side by side in one run of its "
+        "script; each section names its command, wall time and date.",
+        "",
+    ]
+    for title, *_ in BENCHES.values():  # the benchmarks' order, whatever was rerun
+        if title in sections:
+            out += [f"## {title}", "", sections[title], ""]
     with open(args.out, "w") as f:
         f.write("\n".join(out).rstrip() + "\n")
     print(f"wrote {args.out}")
+
+
+def read_sections(path: str) -> dict[str, str]:
+    """``{title: body}`` of the ``## title`` sections of an existing RESULTS.md ({} if none)."""
+    if not os.path.exists(path):
+        return {}
+    sections, title, lines = {}, None, []
+    with open(path) as f:
+        for line in f.read().splitlines():
+            if line.startswith("## "):
+                if title is not None:
+                    sections[title] = "\n".join(lines).strip()
+                title, lines = line[3:].strip(), []
+            elif title is not None:
+                lines.append(line)
+    if title is not None:
+        sections[title] = "\n".join(lines).strip()
+    return sections
 
 
 if __name__ == "__main__":
