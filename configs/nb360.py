@@ -102,6 +102,9 @@ def get_config(arg: str | None = None):
     c = config_lib.base_config()
     c.seed = a.seed
     c.body.path = a.body
+    # The papers' recipes: ORCA's own 1D embedder (divisor stride rule, LayerNorm after the
+    # conv); `--config.embedder.kind=auto` switches to this project's default.
+    c.embedder.kind = "orca"
     c.task.update(dict(name=a.task, data_dir=a.data_dir, target_seq_len=extra.get("tsl", 512)))
     batch = a.batch or bs
     c.data.update(dict(batch_size=batch * accum, eval_batch_size=extra.get("eval_batch", 256)))

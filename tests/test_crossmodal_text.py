@@ -13,7 +13,8 @@ import xmodal_jax as xm
 
 def test_groups_and_shapes_for_1d_classification(minilm):
     task = xm.TaskSpec((1, 1000), "classification", 4, target_seq_len=64)
-    graphdef, params = xm.build_crossmodal(task, minilm)
+    orca = xm.Embed1DOptions(kind="orca")  # ORCA's divisor rule: stride 20
+    graphdef, params = xm.build_crossmodal(task, minilm, embedder=orca)
     assert set(params) == {"embedder", "body", "head", "source_embedder"}
     # The body group is exactly the pretrained stack, the source embedder its input layer.
     chex.assert_trees_all_equal(params["body"], minilm.params["encoder"])

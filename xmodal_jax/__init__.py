@@ -5,11 +5,13 @@ The public API: load a pretrained body from a local Hugging Face folder, build a
 """
 
 from xmodal_jax.models.crossmodal import CrossModalModel, TaskSpec, apply, build_crossmodal
+from xmodal_jax.models.embedders import Embed1DOptions
 from xmodal_jax.models.pretrained import Pretrained, load_pretrained
 from xmodal_jax.models.weights import WeightLoadError
 
 __all__ = [
     "CrossModalModel",
+    "Embed1DOptions",
     "Pretrained",
     "TaskSpec",
     "WeightLoadError",

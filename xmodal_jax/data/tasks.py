@@ -327,30 +327,51 @@ def _eager(name: str, read: Callable[[], tuple[Splits, dict]], make_spec) -> Tas
     )
 
 
-def _classification_spec(cfg: Any):
+def _classification_spec(cfg: Any, tabular: bool = False):
     def make(splits: Splits, info: dict) -> TaskSpec:
-        x = splits["train"]["x"]
+        shape = tuple(splits["train"]["x"].shape[1:])
         tsl = int(cfg.get("target_seq_len", 64))
         if info.get("task", "classification") == "regression":
-            return TaskSpec(tuple(x.shape[1:]), "regression", 1, target_seq_len=tsl)
-        return TaskSpec(
-            tuple(x.shape[1:]), "classification", len(info["classes"]), target_seq_len=tsl
-        )
+            return TaskSpec(shape, "regression", 1, target_seq_len=tsl, tabular=tabular)
+        n = len(info["classes"])
+        return TaskSpec(shape, "classification", n, target_seq_len=tsl, tabular=tabular)
 
     return make
 
 
+def standardize_channels(splits: Splits) -> Splits:
+    """Every split's ``x`` ``[N, C, L]`` standardised per channel with the train split's mean and
+    std (over examples and time; a constant channel keeps std 1). UEA sets ship raw sensor units
+    (BasicMotions' channels have std 2–7 and offsets), UCR sets are mostly z-normalised already,
+    where this is close to the identity."""
+    x = splits["train"]["x"]
+    mean = x.mean(axis=(0, 2), keepdims=True)
+    std = x.std(axis=(0, 2), keepdims=True)
+    std = np.where(std > 0, std, 1.0)
+    return {
+        name: {**arrays, "x": ((arrays["x"] - mean) / std).astype(np.float32)}
+        for name, arrays in splits.items()
+    }
+
+
 @register("ucr")
 def ucr(cfg: Any) -> Task:
-    """Any UCR/UEA time-series dataset bundled in the ``aeon`` wheel, by ``cfg.dataset``."""
+    """Any UCR/UEA time-series dataset bundled in the ``aeon`` wheel, by ``cfg.dataset``.
+
+    ``cfg.standardize`` (default True): channels standardised with train statistics
+    (:func:`standardize_channels`).
+    """
     from xmodal_jax.data import offline
 
     max_len = int(cfg.get("max_length", 0)) or None
-    return _eager(
-        f"ucr/{cfg.dataset}",
-        lambda: offline.load_ucr(cfg.dataset, max_length=max_len),
-        _classification_spec(cfg),
-    )
+
+    def read() -> tuple[Splits, dict]:
+        splits, info = offline.load_ucr(cfg.dataset, max_length=max_len)
+        if cfg.get("standardize", True):
+            splits = standardize_channels(splits)
+        return splits, info
+
+    return _eager(f"ucr/{cfg.dataset}", read, _classification_spec(cfg))
 
 
 @register("tabular")
@@ -365,7 +386,7 @@ def tabular(cfg: Any) -> Task:
     else:
         read = lambda: offline.load_sklearn_table(cfg.dataset)  # noqa: E731
         name = f"tabular/{cfg.dataset}"
-    return _eager(name, read, _classification_spec(cfg))
+    return _eager(name, read, _classification_spec(cfg, tabular=True))
 
 
 # ORCA's target sequence lengths for the 1D PDEs (spec/orca.md §5).

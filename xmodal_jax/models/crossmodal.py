@@ -35,7 +35,9 @@ class TaskSpec:
     frame goes through the image path; pooled outputs only). ``output`` is one of
     :data:`OUTPUT_KINDS`; ``num_outputs`` is the number of classes / labels / regression targets,
     or the output channels for ``dense``, whose spatial size equals the input's unless
-    ``output_hw`` says otherwise (2D only).
+    ``output_hw`` says otherwise (2D only). ``tabular``: the ``L`` positions of a ``(1, L)`` input
+    are the columns of a table (no shared scale, order or locality), which picks the per-feature
+    tokenizer under ``embedder.kind="auto"`` (:class:`~xmodal_jax.models.embedders.Embed1DOptions`).
     """
 
     input_shape: tuple[int, ...]
@@ -43,6 +45,7 @@ class TaskSpec:
     num_outputs: int
     target_seq_len: int = 512
     output_hw: tuple[int, int] | None = None
+    tabular: bool = False
 
     def __post_init__(self):
         if len(self.input_shape) not in (2, 3, 4) or any(d < 1 for d in self.input_shape):
@@ -187,13 +190,23 @@ def build_crossmodal(
     body_params: dict | None = None,
     init_embedder_from_body: bool = True,
     seed: int = 0,
+    embedder: embedders.Embed1DOptions | None = None,
 ) -> tuple[nnx.GraphDef, dict]:
     """Builds a :class:`CrossModalModel` for ``task`` and returns ``(graphdef, params)``.
 
     ``body_params`` defaults to the pretrained params (pass ``pretrained.random_params()`` for the
     from-scratch baseline). 1D tasks need a text body, 2D and video tasks a vision body (ViT, Swin
     or ResNet); a video task builds the image model of one frame and runs it per frame.
+    ``embedder`` chooses the 1D target embedder (default: ``Embed1DOptions()``, the per-family
+    ``auto`` choice; ``Embed1DOptions(kind="orca")`` is the reference's); 2D inputs accept only
+    ``kind`` ``auto`` or ``orca`` (their embedder is the body's patch embedding either way).
     """
+    embedder_options = embedder or embedders.Embed1DOptions()
+    if not task.is_1d and embedder_options.kind not in ("auto", "orca"):
+        raise ValueError(
+            f"embedder.kind={embedder_options.kind!r} applies to 1D inputs (C, L); this task's "
+            f"input is {task.input_shape}. Use 'auto' or 'orca'."
+        )
     frames = 0
     if task.is_video:
         frames = task.input_shape[0]
@@ -219,6 +232,8 @@ def build_crossmodal(
             max_positions=cfg.max_position_embeddings,
             position_offset=cfg.position_offset,
             eps=cfg.layer_norm_eps,
+            options=embedder_options,
+            tabular=task.tabular,
             rngs=rngs,
         )
     elif pretrained.modality == "text":
@@ -266,7 +281,7 @@ def build_crossmodal(
 
     if task.output == "dense":
         if task.is_1d:
-            head = heads.Dense1DHead(task.num_outputs, embedder.stride)
+            head = heads.Dense1DHead(task.num_outputs, embedder.stride, task.input_shape[1])
         else:
             grid = (
                 _swin_output_grid(tuple(cfg.depths), embedder.grid)
@@ -353,6 +368,7 @@ def merge(graphdef: nnx.GraphDef, params: dict) -> CrossModalModel:
     """
     groups = {g: params[g] for g in MODEL_GROUPS if g in params}
     model = nnx.merge(graphdef, groups)
+    layers.check_param_shapes(model)
     dtype = getattr(model, "compute_dtype", "float32")
     if dtype != "float32":
         model = nnx.merge(graphdef, cast_floats(groups, dtype))

@@ -7,6 +7,8 @@ body's own input layer (positions, LayerNorm, patch projection) by :func:`init_f
 
 from __future__ import annotations
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -22,7 +24,7 @@ def conv1d_stride(length: int, target_seq_len: int) -> int:
     """ORCA's stride rule: the smallest divisor ``s`` of ``length`` with ``length / s <= tsl``.
 
     A prime ``length > target_seq_len`` would collapse to a single token, which is never what a
-    user wants, so it is an error naming both numbers.
+    user wants, so it is an error naming both numbers (:func:`patching` pads such lengths).
     """
     if length < 1 or target_seq_len < 1:
         raise ValueError(f"length ({length}) and target_seq_len ({target_seq_len}) must be ≥ 1")
@@ -38,12 +40,103 @@ def conv1d_stride(length: int, target_seq_len: int) -> int:
     raise AssertionError("unreachable: s = length always satisfies the rule")
 
 
-class Embed1D(nnx.Module):
-    """Conv1d(C→D, kernel = stride = s) → LayerNorm → + learned positions.
+def padded_stride(length: int, target_seq_len: int) -> int:
+    """The stride of the padding rule: ``s = ⌈L / tsl⌉``, so ``⌈L / s⌉ ≤ tsl`` tokens."""
+    if length < 1 or target_seq_len < 1:
+        raise ValueError(f"length ({length}) and target_seq_len ({target_seq_len}) must be ≥ 1")
+    return -(-length // target_seq_len)
 
-    Input ``[B, C, L]`` (channels first, as the tasks store it); output ``[B, L/s, D]``. The
-    position parameter holds the ``T`` rows the body would use for token ids
-    ``offset .. offset+T-1`` (RoBERTa: 2…T+1), copied from the body by :func:`init_from_body`.
+
+def patching(length: int, target_seq_len: int, rule: str = "pad") -> tuple[int, int, int]:
+    """``(stride s, number of tokens T, right padding)`` for a length-``L`` input.
+
+    ``rule="pad"``: ``s = ⌈L / tsl⌉``, ``T = ⌈L / s⌉``; the input is right-padded with
+    ``T·s − L < s`` zeros, so only the last token holds padding and any length trains.
+    ``rule="divisor"``: ORCA's rule (:func:`conv1d_stride`, no padding) when ``L`` has a divisor
+    that leaves more than one token; a length without one (a prime ``L > tsl``) falls back to the
+    padding rule instead of collapsing to a single token.
+    """
+    if rule not in ("pad", "divisor"):
+        raise ValueError(f"patching rule {rule!r}; expected 'pad' or 'divisor'")
+    if rule == "divisor":
+        try:
+            s = conv1d_stride(length, target_seq_len)
+            return s, length // s, 0
+        except ValueError:
+            if length < 1 or target_seq_len < 1:
+                raise
+    s = padded_stride(length, target_seq_len)
+    t = -(-length // s)
+    return s, t, t * s - length
+
+
+EMBED1D_KINDS = ("auto", "orca", "patch", "feature")
+EMBED1D_NORMS = ("auto", "post", "pre", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Embed1DOptions:
+    """How :class:`Embed1D` makes a token (``config.embedder``; module docstring for the kinds).
+
+    ``overlap`` (``patch`` only): each token reads a centred window of ``overlap·s`` samples
+    (PatchTST-style overlapping patches; 1 = disjoint). ``hidden`` > 0 puts a small value MLP
+    (projection to ``hidden`` → GELU → Linear to the body width) before the norm. ``auto`` norm
+    resolves to ``post`` when a token reads at least ``min_norm_values`` input values (C·window),
+    else ``none``.
+    """
+
+    kind: str = "auto"
+    norm: str = "auto"
+    overlap: int = 1
+    hidden: int = 0
+    min_norm_values: int = 16
+
+    def __post_init__(self):
+        if self.kind not in EMBED1D_KINDS:
+            raise ValueError(f"embedder.kind={self.kind!r}; expected one of {EMBED1D_KINDS}")
+        if self.norm not in EMBED1D_NORMS:
+            raise ValueError(f"embedder.norm={self.norm!r}; expected one of {EMBED1D_NORMS}")
+        if self.overlap < 1 or self.hidden < 0 or self.min_norm_values < 1:
+            raise ValueError(
+                f"embedder: overlap ({self.overlap}) and min_norm_values "
+                f"({self.min_norm_values}) must be ≥ 1, hidden ({self.hidden}) ≥ 0"
+            )
+        if self.kind == "orca" and (
+            self.norm not in ("auto", "post") or self.overlap != 1 or self.hidden
+        ):
+            raise ValueError(
+                "embedder.kind='orca' is the reference embedder exactly (disjoint windows, "
+                "LayerNorm after the projection, no MLP); use kind='patch' to change "
+                f"norm/overlap/hidden (got norm={self.norm!r}, overlap={self.overlap}, "
+                f"hidden={self.hidden})"
+            )
+        if self.kind == "feature" and self.overlap != 1:
+            raise ValueError(
+                "embedder.overlap applies to kind='patch' only (feature tokens are per position)"
+            )
+
+    def resolve(self, in_channels: int, stride: int, tabular: bool) -> Embed1DOptions:
+        """The concrete kind and norm for a task (``auto`` resolved; the rest unchanged)."""
+        kind = self.kind if self.kind != "auto" else ("feature" if tabular else "patch")
+        norm = self.norm
+        if kind == "orca":
+            norm = "post"
+        elif norm == "auto":
+            window = stride * (self.overlap if kind == "patch" else 1)
+            norm = "post" if in_channels * window >= self.min_norm_values else "none"
+        return dataclasses.replace(self, kind=kind, norm=norm)
+
+
+class Embed1D(nnx.Module):
+    """Windows of ``s`` samples → tokens ``[B, T, D]`` (+ learned positions from the body).
+
+    Input ``[B, C, L]`` (channels first, as the tasks store it). ``options`` (resolved with
+    :meth:`Embed1DOptions.resolve`) pick the projection (shared conv or per-position), the value
+    MLP and the LayerNorm's place; the default (``Embed1DOptions()`` with ``tabular=False``) is a
+    shared patch projection. ``kind="orca"`` is ORCA's Conv1d(C→D, kernel = stride = s) →
+    LayerNorm → + positions, with the same parameters and outputs as the reference. The position
+    parameter holds the ``T`` rows the body would use for token ids ``offset .. offset+T-1``
+    (RoBERTa: 2…T+1), copied from the body by :func:`init_from_body`.
     """
 
     def __init__(
@@ -56,37 +149,77 @@ class Embed1D(nnx.Module):
         max_positions: int,
         position_offset: int = 0,
         eps: float = 1e-12,
+        options: Embed1DOptions | None = None,
+        tabular: bool = False,
         rngs: nnx.Rngs,
     ):
+        options = options or Embed1DOptions()
         self.in_channels, self.length = in_channels, length
-        self.stride = conv1d_stride(length, target_seq_len)
-        self.num_tokens = length // self.stride
+        rule = "divisor" if options.kind == "orca" else "pad"
+        self.stride, self.num_tokens, self.pad = patching(length, target_seq_len, rule)
+        opts = options.resolve(in_channels, self.stride, tabular)
+        self.kind, self.norm_at = opts.kind, opts.norm
+        self.window = self.stride * (opts.overlap if opts.kind == "patch" else 1)
         self.position_offset = position_offset
         if self.num_tokens + position_offset > max_positions:
             raise ValueError(
                 f"Embed1D makes {self.num_tokens} tokens (L={length}, stride {self.stride}) but "
-                f"the "
-                f"body's position table has {max_positions} rows (offset {position_offset})"
+                f"the body's position table has {max_positions} rows (offset {position_offset})"
             )
+        width = opts.hidden or dim
         # Xavier-uniform with gain √2, zero bias: the reference's conv init.
-        self.conv = nnx.Conv(
-            in_channels,
-            dim,
-            kernel_size=(self.stride,),
-            strides=(self.stride,),
-            padding="VALID",
-            kernel_init=nnx.initializers.variance_scaling(2.0, "fan_avg", "uniform"),
-            rngs=rngs,
-        )
-        self.norm = layers.layer_norm(dim, eps, rngs)
+        xavier = nnx.initializers.variance_scaling(2.0, "fan_avg", "uniform")
+        if opts.kind == "feature":
+            fan_in = in_channels * self.stride
+            self.conv = None
+            # One projection per token position; Xavier fans of one position's [C·s, width] slice.
+            per_position = nnx.initializers.variance_scaling(
+                2.0, "fan_avg", "uniform", batch_axis=(0,)
+            )
+            self.kernel = nnx.Param(per_position(rngs.params(), (self.num_tokens, fan_in, width)))
+            self.bias = nnx.Param(jnp.zeros((self.num_tokens, width)))
+        else:
+            self.conv = nnx.Conv(
+                in_channels,
+                width,
+                kernel_size=(self.window,),
+                strides=(self.stride,),
+                padding="VALID",
+                kernel_init=xavier,
+                rngs=rngs,
+            )
+            self.kernel = self.bias = None
+        self.mlp = layers.dense(width, dim, rngs) if opts.hidden else None
+        self.norm = layers.layer_norm(dim, eps, rngs) if opts.norm != "none" else None
         self.position = nnx.Param(
             nnx.initializers.normal(0.02)(rngs.params(), (self.num_tokens, dim))
         )
 
-    def __call__(self, x: Array) -> Array:
+    def project(self, x: Array) -> Array:
+        """``[B, C, L]`` → the per-token projection ``[B, T, D]`` (before norm and positions)."""
         chex.assert_shape(x, (None, self.in_channels, self.length))
-        tokens = self.conv(jnp.swapaxes(x, 1, 2))
-        return self.norm(tokens) + self.position[...]
+        halo = self.window - self.stride
+        if self.pad or halo:  # zeros past the end (padding rule) and around (overlap halo)
+            x = jnp.pad(x, ((0, 0), (0, 0), (halo // 2, self.pad + halo - halo // 2)))
+        if self.conv is not None:
+            tokens = self.conv(jnp.swapaxes(x, 1, 2))
+        else:
+            b = x.shape[0]
+            # [B, C, T, s] → [B, T, C·s]: token t reads samples t·s … t·s+s−1 of every channel.
+            patches = x.reshape(b, self.in_channels, self.num_tokens, self.stride)
+            patches = jnp.transpose(patches, (0, 2, 1, 3)).reshape(b, self.num_tokens, -1)
+            tokens = jnp.einsum("btf,tfd->btd", patches, self.kernel[...]) + self.bias[...]
+        if self.mlp is not None:
+            tokens = self.mlp(layers.gelu_erf(tokens))
+        return tokens
+
+    def __call__(self, x: Array) -> Array:
+        tokens, pos = self.project(x), self.position[...]
+        if self.norm is None:
+            return tokens + pos
+        if self.norm_at == "pre":
+            return self.norm(tokens + pos)
+        return self.norm(tokens) + pos
 
 
 def resize_bilinear(x: Array, hw: tuple[int, int]) -> Array:
@@ -208,8 +341,9 @@ def init_from_body(embedder: nnx.Module, body_embeddings: nnx.Module) -> None:
         table = body_embeddings.position.embedding[...]
         start = embedder.position_offset
         embedder.position[...] = table[start : start + embedder.num_tokens]
-        embedder.norm.scale[...] = body_embeddings.norm.scale[...]
-        embedder.norm.bias[...] = body_embeddings.norm.bias[...]
+        if embedder.norm is not None:
+            embedder.norm.scale[...] = body_embeddings.norm.scale[...]
+            embedder.norm.bias[...] = body_embeddings.norm.bias[...]
     elif isinstance(embedder, Embed2D) and not hasattr(body_embeddings, "patch"):
         # A text body has no patch projection to copy (the conv keeps its init, as Embed1D's);
         # the patch tokens take its position rows offset..offset+N (and its embedding LayerNorm

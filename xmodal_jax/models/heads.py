@@ -70,14 +70,15 @@ class PooledHead(nnx.Module):
 
 
 class Dense1DHead(nnx.Module):
-    """Per-token dense prediction for 1D fields: ``[B, T, D]`` → ``[B, out_channels, T·s]``.
+    """Per-token dense prediction for 1D fields: ``[B, T, D]`` → ``[B, out_channels, L]``.
 
     Token ``t`` predicts positions ``t·s … t·s+s-1`` of every output channel (we un-patchify;
-    the reference raw-reshaped, which scrambles channels when out_channels > 1).
+    the reference raw-reshaped, which scrambles channels when out_channels > 1). ``length``
+    (default ``T·s``) crops the positions the embedder padded past the input's end.
     """
 
-    def __init__(self, out_channels: int, stride: int):
-        self.out_channels, self.stride = out_channels, stride
+    def __init__(self, out_channels: int, stride: int, length: int | None = None):
+        self.out_channels, self.stride, self.length = out_channels, stride, length
 
     def __call__(self, tokens: Array, mask: Array | None = None) -> Array:
         del mask
@@ -85,7 +86,8 @@ class Dense1DHead(nnx.Module):
         b, t, _ = tokens.shape
         pooled = layers.adaptive_avg_pool_1d(tokens, self.out_channels * self.stride, axis=-1)
         pooled = pooled.reshape(b, t, self.out_channels, self.stride)
-        return jnp.transpose(pooled, (0, 2, 1, 3)).reshape(b, self.out_channels, t * self.stride)
+        out = jnp.transpose(pooled, (0, 2, 1, 3)).reshape(b, self.out_channels, t * self.stride)
+        return out if self.length is None else out[..., : self.length]
 
 
 def pixel_shuffle(x: Array, r: int) -> Array:

@@ -235,6 +235,44 @@ def with_remat(graphdef: nnx.GraphDef, params: Any, policy: str) -> nnx.GraphDef
     return nnx.split(set_remat(abstract_module(graphdef, params), policy))[0]
 
 
+def _expected_shapes(m: nnx.Module) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes implied by a standard layer's static attributes (others: none)."""
+    if isinstance(m, nnx.Linear):
+        return {"kernel": (m.in_features, m.out_features), "bias": (m.out_features,)}
+    if isinstance(m, nnx.Conv):
+        k = tuple(m.kernel_size)
+        return {
+            "kernel": (*k, m.in_features // m.feature_group_count, m.out_features),
+            "bias": (m.out_features,),
+        }
+    if isinstance(m, nnx.LayerNorm):
+        return {"scale": (m.num_features,), "bias": (m.num_features,)}
+    if isinstance(m, nnx.Embed):
+        return {"embedding": (m.num_embeddings, m.features)}
+    return {}
+
+
+def check_param_shapes(module: nnx.Module) -> None:
+    """Every Linear / Conv / LayerNorm / Embed parameter has the shape its layer was built for.
+
+    ``nnx.merge`` accepts any arrays: a 3-class head merged into a 4-class graphdef would
+    silently return 3 logits. Runs at trace time (Python, no device work).
+    """
+    bad = []
+    for path, m in nnx.iter_modules(module):
+        for name, want in _expected_shapes(m).items():
+            leaf = getattr(m, name, None)
+            shape = getattr(leaf, "shape", None)
+            if leaf is not None and shape is not None and tuple(shape) != want:
+                where = "/".join(str(p) for p in (*path, name))
+                bad.append(f"{where}: got {tuple(shape)}, the graphdef expects {want}")
+    if bad:
+        raise ValueError(
+            "params do not fit the graphdef (built for another task or body?):\n  "
+            + "\n  ".join(bad[:10])
+        )
+
+
 def abstract_module(graphdef: nnx.GraphDef, params: Any) -> nnx.Module:
     """The module of ``graphdef`` merged over ``ShapeDtypeStruct`` stand-ins for ``params``.
 
