@@ -43,7 +43,7 @@ END_TO_END = dict(
 )
 
 
-def _pare_recipe(config, *, epochs: float, lr: float) -> None:
+def _pare_recipe(config, *, epochs: float, min_steps: int, patience: int, lr: float) -> None:
     """PaRe (spec/pare.md): one end-to-end stage from the pretrained embedder, no alignment.
 
     The 1D source is packed text (32 tokens of same-class VADER words, 8 valence classes, the
@@ -58,6 +58,8 @@ def _pare_recipe(config, *, epochs: float, lr: float) -> None:
         kind="pare",
         trainable=("embedder", "body", "head", "gate", "source_head"),
         epochs=epochs,
+        min_steps=min_steps,
+        patience=patience,
         lr=lr,
         **END_TO_END,
         pare_begin=2000,
@@ -68,20 +70,33 @@ def _pare_recipe(config, *, epochs: float, lr: float) -> None:
     config.stage_order = "pare"
 
 
-def offline_recipe(config, method: str, *, epochs: float, align_steps: int, lr: float) -> None:
-    """The small-data ORCA recipe shared by the offline configs (demo, UCR, tables, PDEs).
+def offline_recipe(
+    config,
+    method: str,
+    *,
+    epochs: float,
+    align_steps: int,
+    lr: float,
+    min_steps: int = 0,
+    patience: int = 0,
+    mona_steps: int | None = None,
+) -> None:
+    """The small-data recipes shared by the offline configs (demo, UCR, tables, PDEs).
 
-    ``method``: ``orca`` (OTDD alignment of the embedder to the text source, body frozen, then
-    full fine-tuning), ``mona`` (the same warm-up, then MoNA meta-alignment, then fine-tuning),
-    ``pare`` (PaRe, one end-to-end stage) or ``finetune`` (full fine-tuning only). Sets
-    ``config.stage_order``.
+    ``method``: ``finetune`` (full fine-tuning only), ``orca`` (OTDD alignment of the embedder to
+    the text source, body frozen, then full fine-tuning), ``mona`` (the same warm-up, then MoNA
+    meta-alignment, then fine-tuning) or ``pare`` (PaRe, one end-to-end stage). Every method gets
+    the same total budget of optimizer steps: ``max(epochs × steps per epoch, min_steps)``, of
+    which the pre-stages (``align_steps``, ``mona_steps``, default ``align_steps``) are taken
+    (the fine-tune stage ``includes_previous``). The last stage stops early after ``patience``
+    evaluations without a better validation score (0 = never). Sets ``config.stage_order``.
     """
     from xmodal_jax import config_lib
 
     if method not in METHODS:
         raise ValueError(f"method={method!r}; expected one of {METHODS}")
     if method == "pare":
-        _pare_recipe(config, epochs=epochs, lr=lr)
+        _pare_recipe(config, epochs=epochs, min_steps=min_steps, patience=patience, lr=lr)
         return
     order = []
     if method in ("orca", "mona"):
@@ -107,7 +122,7 @@ def offline_recipe(config, method: str, *, epochs: float, align_steps: int, lr: 
             "mona",
             kind="mona",
             trainable=("embedder", "head"),
-            steps=align_steps,
+            steps=align_steps if mona_steps is None else mona_steps,
             optimizer="adam",
             lr=3e-4,
             schedule="constant",
@@ -122,6 +137,9 @@ def offline_recipe(config, method: str, *, epochs: float, align_steps: int, lr: 
         kind="task",
         trainable=("embedder", "body", "head"),
         epochs=epochs,
+        min_steps=min_steps,
+        includes_previous=True,
+        patience=patience,
         lr=lr,
         **END_TO_END,
     )

@@ -6,7 +6,8 @@ layer); the body is frozen. Stage 2 (``finetune``): embedder, body and head trai
 ``configs/demo.py:body=random`` runs the same recipe from a randomly initialised body.
 
 Args: ``body`` (pretrained | random), ``layout`` (1x64 | 8x8), ``train_limit`` (0 = all),
-``epochs`` (fine-tune epochs), ``align_steps``, ``seed``,
+``epochs`` (the budget of every method, in epochs of the training split: 8 ≈ 280 optimizer
+steps, of which ORCA's ``align_steps`` and MoNA's meta-steps are a part), ``align_steps``, ``seed``,
 ``method`` (orca | mona | finetune | pare).
 """
 
@@ -23,7 +24,7 @@ def get_config(arg: str | None = None):
         body="pretrained",
         layout="8x8",
         train_limit=0,
-        epochs=6.0,
+        epochs=8.0,
         align_steps=60,
         seed=0,
         method="orca",

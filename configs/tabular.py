@@ -5,7 +5,10 @@
 
 Args: ``name`` (iris | wine | breast_cancer | diabetes), ``file`` / ``target`` (an OpenML-CC18
 style file and its target column; default the last column),
-``method`` (orca | mona | finetune | pare), ``body``, ``epochs``, ``batch``, ``seed``.
+``method`` (orca | mona | finetune | pare), ``body``, ``epochs`` and ``min_steps`` (the budget:
+the larger of the two, in optimizer steps, for every method), ``patience`` (early stopping, in
+evaluations every 20 steps), ``batch``, ``seed``, ``align_steps``, ``embedder`` (``auto`` = the
+per-feature tokenizer for tables | ``orca`` | ``patch`` | ``feature``).
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ def get_config(arg: str | None = None):
         method="orca",
         body="",
         epochs=20.0,
+        min_steps=300,
+        patience=10,
         batch=16,
         seed=0,
         align_steps=40,
+        embedder="auto",
     )
     c = config_lib.base_config()
     c.seed = a.seed
@@ -34,8 +40,21 @@ def get_config(arg: str | None = None):
     c.task.update(
         dict(name="tabular", dataset=a.name, file=a.file, target=a.target, target_seq_len=512)
     )
-    c.data.update(dict(batch_size=a.batch, eval_batch_size=64, val_size=0.15, prefetch=2))
-    offline_recipe(c, a.method, epochs=a.epochs, align_steps=a.align_steps, lr=1e-4)
-    c.log_every = 10
+    c.embedder.kind = a.embedder
+    c.data.update(
+        dict(batch_size=a.batch, eval_batch_size=64, val_size=0.15, min_val=20, prefetch=2)
+    )
+    offline_recipe(
+        c,
+        a.method,
+        epochs=a.epochs,
+        min_steps=a.min_steps,
+        patience=a.patience,
+        align_steps=a.align_steps,
+        lr=1e-4,
+    )
+    c.eval_every = 20
+    c.checkpoint.every_steps = 200
+    c.log_every = 20
     c.lock()
     return c

@@ -92,6 +92,7 @@ def test_cli_rejects_unknown_override(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0
-    assert "lrr" in proc.stderr and 'Did you mean "lr"' in proc.stderr
+    assert proc.returncode == 2
+    assert "stages.finetune has no key 'lrr'; did you mean 'stages.finetune.lr'?" in proc.stderr
+    assert "Valid keys at stages.finetune: [" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "checkpoints").exists()

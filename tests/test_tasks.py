@@ -84,7 +84,8 @@ def _offline(config_module, arg, body, steps=4):
     c.log_every = 2
     c.eval_every = steps
     for name in config_lib.stage_names(c):
-        c.stages[name].steps = steps
+        # `steps` steps in every stage (not a shared total), whatever the recipe's budget.
+        c.stages[name].update(dict(steps=steps, min_steps=0, includes_previous=False))
     return c
 
 

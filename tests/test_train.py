@@ -155,13 +155,31 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
     cfg.stages.finetune.warmup_steps = 0
     cfg.stages.finetune.schedule = "constant"
     wd = tmp_path / "nan"
-    with pytest.raises(train_lib.TrainingDiverged, match=r"loss is (nan|inf) at step \d+"):
+    # Step 1's loss is finite, but its update leaves weights ~1e30 whose outputs are inf: that
+    # state is refused before it is saved, so no checkpoint exists at all.
+    with pytest.raises(train_lib.TrainingDiverged, match=r"outputs at step 1 are not finite"):
         train_lib.train(cfg, str(wd), verbose=False)
     losses = train_losses(wd)
     assert all(np.isfinite(v) for v in losses.values())  # only finite losses were logged
-    last = max(_steps(wd))
-    assert last == max(losses)  # the last checkpoint is the last step with a finite loss
+    assert _steps(wd) == []
+
+
+def test_a_diverging_stage_keeps_the_last_finite_checkpoint(tiny_config, tmp_path):
+    # 5 good alignment steps (each saved), then a fine-tune stage at lr 1e30 diverges at its
+    # first step: the latest checkpoint stays the last finite state, at step 5, and the
+    # diverged state is neither saved, evaluated nor promoted to best.
+    cfg = tiny_config(
+        "steps=10,align=task", **{"log_every": 1, "checkpoint.every_steps": 1, "eval_every": 1}
+    )
+    cfg.stages.align.evaluate = True
+    cfg.stages.finetune.update(dict(lr=1e30, warmup_steps=0, schedule="constant"))
+    wd = tmp_path / "nan"
+    with pytest.raises(train_lib.TrainingDiverged, match=r"at step 6"):
+        train_lib.train(cfg, str(wd), verbose=False)
+    assert max(_steps(wd)) == 5
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_params(wd)))
+    best = os.listdir(os.path.join(wd, "best"))
+    assert best and all(int(b) <= 5 for b in best if b.isdigit())
 
 
 def test_freeze_regex_keeps_matching_leaves_fixed(tiny_config, tmp_path):

@@ -1,41 +1,60 @@
-"""``xmodal-eval --workdir DIR [--checkpoint best|latest|STEP] [--split test|val]``.
+"""``xmodal-eval --workdir DIR [--checkpoint best|latest|STEP] [--split test|val] [--mesh_data N
+--mesh_fsdp M]``.
 
-Rebuilds the run from the config stored in the checkpoint, restores the chosen checkpoint onto
-this machine's devices (any device count) and prints the task metric on the chosen split.
+Rebuilds the model from the config stored in the checkpoint, restores only its params onto this
+machine's devices (any device count, any mesh: ``--mesh_data`` × ``--mesh_fsdp``, default all
+devices on the data axis) and prints the task metric on the chosen split. No stage is built,
+no optimizer state is read and no source data or label graph is touched: evaluating needs the
+model and the split only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 
 from absl import app, flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory written by xmodal-train")
 _CKPT = flags.DEFINE_string("checkpoint", "best", "best | latest | a step number")
 _SPLIT = flags.DEFINE_enum("split", "test", ["test", "val", "train"], "split to evaluate")
+_DATA = flags.DEFINE_integer("mesh_data", -1, "data-axis size (-1: the devices fsdp leaves)")
+_FSDP = flags.DEFINE_integer("mesh_fsdp", 1, "fsdp-axis size")
 
 
-def evaluate_workdir(workdir: str, which: str = "best", split: str = "test") -> dict:
-    """Restores ``which`` checkpoint of ``workdir`` and returns ``{"metric", "value", "step"}``."""
+def evaluate_workdir(
+    workdir: str, which: str | int = "best", split: str = "test", mesh: tuple[int, int] = (-1, 1)
+) -> dict:
+    """Restores ``which`` checkpoint's params and returns ``{"metric", "split", "value", "step"}``.
+
+    ``mesh`` = ``(data, fsdp)`` for this machine, whatever mesh trained the run; the eval batch
+    is the run's ``data.eval_batch_size`` rounded up to a multiple of the device count (padding
+    rows are masked out of the metric).
+    """
     import jax
-    import ml_collections
 
-    from xmodal_jax import checkpoint, train_lib
+    from xmodal_jax import checkpoint, config_lib, train_lib
+    from xmodal_jax.models.crossmodal import MODEL_GROUPS
 
-    ckpt = checkpoint.Checkpointer(workdir, async_save=False)
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"--workdir {workdir!r} does not exist (no run was written there)")
+    ckpt = checkpoint.Checkpointer(workdir)
     try:
-        meta = ckpt.read_meta(which)
-        if meta is None:
+        found = ckpt.find(which)
+        if found is None:
             raise FileNotFoundError(f"{workdir}: no {which!r} checkpoint")
-        config = ml_collections.ConfigDict(json.loads(meta["config"]))
-        run = train_lib.setup(config)
-        stages = train_lib.build_stages(run)
-        stage, scfg, n = stages[int(meta["stage_index"])]
-        tx = train_lib.make_optimizer(scfg, run.params, n)
-        target = train_lib.init_state(run, tx, 0)
-        state, _, meta = ckpt.restore(checkpoint.abstract_like(target), which)
+        config = config_lib.from_saved(found[2]["config"])
+        devices = jax.device_count()
+        config.mesh.update(dict(data=int(mesh[0]), fsdp=int(mesh[1]), num_devices=0))
+        eb = int(config.data.eval_batch_size)
+        config.data.eval_batch_size = -(-eb // devices) * devices
+        run = train_lib.setup(config, eval_only=True)
+        groups = {g: run.params[g] for g in MODEL_GROUPS if g in run.params}
+        params, meta = ckpt.restore_params(groups, which)
+        run = dataclasses.replace(run, param_shardings={g: run.param_shardings[g] for g in groups})
         with jax.set_mesh(run.mesh):  # the mesh the bodies pin activations against
-            value = train_lib.evaluate(run, train_lib.make_predict(run), state.params, split)
+            value = train_lib.evaluate(run, train_lib.make_predict(run), params, split)
         return {"metric": run.task.metric, "split": split, "value": value, "step": meta["step"]}
     finally:
         ckpt.close()
@@ -48,7 +67,8 @@ def _main(argv: list[str]) -> None:
 
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     which = int(_CKPT.value) if _CKPT.value.isdigit() else _CKPT.value
-    print(json.dumps(evaluate_workdir(_WORKDIR.value, which, _SPLIT.value)))
+    mesh = (_DATA.value, _FSDP.value)
+    print(json.dumps(evaluate_workdir(_WORKDIR.value, which, _SPLIT.value, mesh)))
 
 
 def main() -> None:

@@ -28,11 +28,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--res", type=int, required=True, help="cells per spatial axis")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing file of that name in --out"
+    )
     args = parser.parse_args(argv)
     start = time.time()
     try:
-        path = pde_solvers.write_dataset(args.task, args.n, args.res, args.out, seed=args.seed)
-    except ValueError as e:
+        path = pde_solvers.write_dataset(
+            args.task, args.n, args.res, args.out, seed=args.seed, overwrite=args.overwrite
+        )
+    except (ValueError, FileExistsError) as e:
         parser.error(str(e))
     print(f"wrote {path} ({args.n} samples, {time.time() - start:.1f} s)", file=sys.stderr)
 

@@ -7,6 +7,9 @@ Config files (``configs/*.py``) start from :func:`base_config` and change values
 
 from __future__ import annotations
 
+import difflib
+import json
+import math
 import re
 from typing import Any
 
@@ -20,6 +23,34 @@ GROUPS = ("embedder", "body", "head", "source_embedder", "gate", "source_head", 
 SOURCE_KINDS = ("none", "text", "text_proxy", "cifar10", "voc")
 
 
+# (stage key, lower bound, upper bound or None, whether the lower bound is allowed).
+STAGE_RANGES = (
+    ("lr", 0.0, None, False),
+    ("inner_lr", 0.0, None, False),
+    ("weight_decay", 0.0, None, True),
+    ("momentum", 0.0, 1.0, True),
+    ("warmup_fraction", 0.0, 1.0, True),
+    ("clip", 0.0, None, True),
+    ("epochs", 0.0, None, True),
+    ("steps", 0, None, True),
+    ("warmup_steps", 0, None, True),
+    ("inner_steps", 1, None, True),
+    ("meta_lambda", 0.0, None, True),
+    ("otdd_epsilon", 0.0, None, False),
+    ("fd_epsilon", 0.0, None, False),
+    ("uniformity_t", 0.0, None, False),
+    ("pare_tau", 0.0, None, False),
+)
+# (top-level key path, lower bound): counts and intervals.
+TOP_RANGES = (
+    ("log_every", 1),
+    ("eval_every", 0),
+    ("stop_after", 0),
+    ("checkpoint.every_steps", 0),
+    ("checkpoint.keep", 1),
+)
+
+
 def stage_defaults() -> dict[str, Any]:
     """Every key a stage may set, with its default (types are checked against these)."""
     return dict(
@@ -30,6 +61,14 @@ def stage_defaults() -> dict[str, Any]:
         freeze="",
         epochs=1.0,  # length in epochs of the stage's main dataset; `steps` > 0 overrides it
         steps=0,
+        # Floor on the stage's optimizer steps (a budget in epochs shrinks with the dataset).
+        min_steps=0,
+        # The budget above is the run's total: the steps of the stages before this one are
+        # subtracted (ORCA/MoNA then get the same optimizer steps as plain fine-tuning).
+        includes_previous=False,
+        # Early stopping: end the stage after this many evaluations in a row without a better
+        # validation (metric, then loss); 0 = run the whole budget. results.json says which.
+        patience=0,
         optimizer="adam",
         lr=1e-4,
         weight_decay=0.0,
@@ -105,10 +144,29 @@ def base_config() -> ml_collections.ConfigDict:
     # the lever for MoNA's second-order memory (a loss-level stage `remat` saves nothing there).
     c.body = ml_collections.ConfigDict(dict(path="", init="pretrained", remat="none"))
     c.task = ml_collections.ConfigDict(dict(name="synthetic", target_seq_len=64))
+    # The 1D target embedder (models.embedders.Embed1DOptions): kind auto | orca (the reference's,
+    # for reproducing papers) | patch | feature; norm auto | post | pre | none; overlap (window =
+    # overlap × stride, patch only); hidden (value-MLP width, 0 = linear).
+    c.embedder = ml_collections.ConfigDict(
+        dict(kind="auto", norm="auto", overlap=1, hidden=0, min_norm_values=16)
+    )
     c.data = ml_collections.ConfigDict(
         # label_ratio < 1: that fraction of train (per class, seeded) keeps its labels, the rest
         # becomes the "unlabeled" split (LSG's SSL data; plain stages never read it).
-        dict(batch_size=32, eval_batch_size=256, val_size=0.1, prefetch=2, label_ratio=1.0)
+        # min_val: the carved validation split holds at least this many examples (at most half
+        # of train), so a checkpoint is not chosen on a handful of examples.
+        dict(
+            batch_size=32,
+            eval_batch_size=256,
+            val_size=0.1,
+            min_val=0,
+            # k-fold validation for small sets: folds ≥ 2 trains one model per fold (fold i of
+            # train validates it) and reports their ensemble on test (train_lib.train_folds).
+            folds=0,
+            fold=-1,
+            prefetch=2,
+            label_ratio=1.0,
+        )
     )
     # kind: none | text (VADER words; pack = fill seq_len with same-class words) | text_proxy
     # (data_dir/text_xs.npy) | cifar10 (data_dir) | voc (data_dir/VOCdevkit: images + masks)
@@ -126,6 +184,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Stop (after a checkpoint) once this process has run this many steps; 0 = run to the end.
     # For time-sliced jobs: the next launch resumes from the checkpoint.
     c.stop_after = 0
+    # Resuming a workdir whose saved config differs in a key that changes the trajectory (lr,
+    # seed, steps, body, stages, …) is refused, listing the changes; "force" continues anyway.
+    c.resume = ""
     # At every validation: linear-probe accuracy and Davies–Bouldin index of the source data's
     # features under the current body (source-knowledge retention, the MoNA paper's diagnostic).
     c.source_diagnostics = False
@@ -145,17 +206,51 @@ def add_stage(config: ml_collections.ConfigDict, name: str, **values: Any) -> No
     config.stages[name] = ml_collections.ConfigDict(fields)
 
 
+def from_saved(saved: str | dict) -> ml_collections.ConfigDict:
+    """A config saved in a checkpoint (JSON), with every key added since filled by its default:
+    a run written by an older version still restores and evaluates."""
+    raw = json.loads(saved) if isinstance(saved, str) else dict(saved)
+    out = base_config()
+    for key, value in raw.items():
+        if key == "stages":
+            for name, stage in value.items():
+                fields = stage_defaults()
+                fields.update(stage)
+                out.stages[name] = ml_collections.ConfigDict(fields)
+        elif isinstance(value, dict) and key in out and key != "task":
+            out[key].update(value)
+        elif isinstance(value, dict):
+            out[key] = ml_collections.ConfigDict(value)
+        else:
+            out[key] = value
+    return out
+
+
 def stage_names(config: ml_collections.ConfigDict) -> list[str]:
     """The stage names of ``config.stage_order`` (comma-separated), in order."""
     return [s.strip() for s in str(config.stage_order).split(",") if s.strip()]
 
 
+class ConfigError(ValueError):
+    """An invalid run configuration; the message lists every problem, each naming its key."""
+
+
+def _unknown(where: str, key: str, allowed: Any) -> str:
+    close = difflib.get_close_matches(str(key), [str(k) for k in allowed], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{where}: unknown key{hint} (allowed: {sorted(allowed)})"
+
+
 def _check_types(node: Any, ref: Any, path: str, errors: list[str], free: bool = False) -> None:
+    if not free:
+        for key in ref.keys():
+            if key not in node and not (path == "" and key == "stages"):
+                errors.append(f"{path}{key}: missing (start config files from base_config())")
     for key in node.keys():
         where = f"{path}{key}"
         if key not in ref:
             if not free:
-                errors.append(f"{where}: unknown key (allowed: {sorted(ref.keys())})")
+                errors.append(_unknown(where, key, ref.keys()))
             continue
         value, want = node[key], ref[key]
         if isinstance(want, ml_collections.ConfigDict | dict):
@@ -170,6 +265,8 @@ def _check_types(node: Any, ref: Any, path: str, errors: list[str], free: bool =
         elif isinstance(want, float):
             if not isinstance(value, int | float) or isinstance(value, bool):
                 errors.append(f"{where}: expected a number, got {value!r}")
+            elif not math.isfinite(value):
+                errors.append(f"{where}: must be finite, got {value!r}")
         elif isinstance(want, int):
             if not isinstance(value, int) or isinstance(value, bool):
                 errors.append(f"{where}: expected int, got {value!r}")
@@ -180,8 +277,13 @@ def _check_types(node: Any, ref: Any, path: str, errors: list[str], free: bool =
             errors.append(f"{where}: expected a sequence, got {value!r}")
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """Checks keys, types and constraints; raises one ValueError listing every problem."""
+def validate(
+    config: ml_collections.ConfigDict, num_devices: int | None = None, training: bool = True
+) -> None:
+    """Checks keys, types and constraints; raises one ConfigError listing every problem.
+
+    ``training=False`` (evaluating a checkpoint) skips the training batch's divisibility.
+    """
     from xmodal_jax import methods
 
     errors: list[str] = []
@@ -217,8 +319,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                 f"{where}trainable: {list(get('trainable', ()))} must be a non-empty "
                 f"subset of {GROUPS}"
             )
-        if not (isinstance(get("lr"), int | float) and get("lr") > 0):
-            errors.append(f"{where}lr: must be > 0, got {get('lr')!r}")
+        for key, low, high, closed in STAGE_RANGES:
+            v = get(key)
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+                if v < low or (not closed and v == low) or (high is not None and v >= high):
+                    bound = f"{'≥' if closed else '>'} {low}" + (
+                        f" and < {high}" if high is not None else ""
+                    )
+                    errors.append(f"{where}{key}: must be {bound}, got {v!r}")
         if get("steps", 0) <= 0 and not get("epochs", 0) > 0:
             errors.append(f"{where}epochs/steps: one of them must be > 0")
         if get("meta_grad") in ("stop_gradient", "fomaml"):
@@ -229,8 +337,28 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             )
         elif get("meta_grad") not in ("exact", "first_order", "taylor"):
             errors.append(f"{where}meta_grad: {get('meta_grad')!r} not in exact|first_order|taylor")
+        for key in ("min_steps", "patience"):
+            if not (isinstance(get(key), int) and get(key) >= 0):
+                errors.append(f"{where}{key}: must be an int ≥ 0, got {get(key)!r}")
         if not (isinstance(get("accum"), int) and get("accum") >= 1):
             errors.append(f"{where}accum: must be an int ≥ 1, got {get('accum')!r}")
+    from xmodal_jax.models.embedders import Embed1DOptions
+
+    try:
+        Embed1DOptions(**config.embedder)
+    except (ValueError, TypeError) as e:
+        errors.append(str(e))
+    for key, low in TOP_RANGES:
+        node = config
+        for part in key.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        if isinstance(node, int) and not isinstance(node, bool) and node < low:
+            why = (
+                " (keep=0 would delete every checkpoint as it is written)" if "keep" in key else ""
+            )
+            errors.append(f"{key}: must be ≥ {low}, got {node}{why}")
+    if config.get("resume", "") not in ("", "force"):
+        errors.append(f"resume: {config.resume!r} not in ('', 'force')")
     if config.body.init not in ("pretrained", "random"):
         errors.append(f"body.init: {config.body.init!r} not in ('pretrained', 'random')")
     from xmodal_jax.models.layers import REMAT_POLICIES
@@ -245,22 +373,30 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         if not (isinstance(config.data.get(key), int) and config.data.get(key) > 0):
             errors.append(f"data.{key}: must be a positive int, got {config.data.get(key)!r}")
     if num_devices and not errors:
-        for key in ("batch_size", "eval_batch_size"):
+        for key in ("batch_size", "eval_batch_size") if training else ("eval_batch_size",):
             if config.data[key] % num_devices:
                 errors.append(
                     f"data.{key}={config.data[key]} is not divisible by the {num_devices} devices"
                 )
-        for name in names:
+        for name in names if training else ():
             acc = config.stages[name].accum
             if config.data.batch_size % (acc * num_devices):
                 errors.append(
                     f"stages.{name}.accum={acc}: data.batch_size={config.data.batch_size} must be "
                     f"divisible by accum × devices = {acc * num_devices}"
                 )
+    folds, fold = config.data.get("folds", 0), config.data.get("fold", -1)
+    if folds == 1 or folds < 0 or not -1 <= fold < max(folds, 1):
+        errors.append(
+            f"data.folds={folds}, data.fold={fold}: folds is 0 (one carved validation split) or "
+            "≥ 2 (k-fold), fold is -1 (all folds) or one fold id below folds"
+        )
+    if config.data.get("min_val", 0) < 0:
+        errors.append(f"data.min_val: must be ≥ 0, got {config.data.min_val}")
     if not 0 <= float(config.data.val_size) < 1 and not float(config.data.val_size).is_integer():
         errors.append(f"data.val_size: a fraction in [0, 1) or a count, got {config.data.val_size}")
     for i, rule in enumerate(config.sharding_rules):
         if len(rule) != 2 or rule[1] not in ("replicate", "fsdp"):
             errors.append(f"sharding_rules[{i}]: expected (regex, 'replicate'|'fsdp'), got {rule}")
     if errors:
-        raise ValueError("invalid config:\n  " + "\n  ".join(errors))
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

@@ -31,7 +31,7 @@ import optax
 from xmodal_jax import checkpoint, config_lib, methods, metrics, parallel
 from xmodal_jax.data import formats, pipeline, sources, tasks
 from xmodal_jax.methods.base import Context, Stage
-from xmodal_jax.models import crossmodal, layers
+from xmodal_jax.models import crossmodal, embedders, layers
 from xmodal_jax.models.pretrained import Pretrained, load_pretrained
 
 
@@ -164,6 +164,15 @@ def _microbatches(batch: dict, accum: int) -> dict:
     return jax.tree.map(split, batch)
 
 
+FINITE = "state_finite"  # per-step metric: 1 if every trained weight is finite after the update
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    # A boolean reduction per leaf: no overflow (a norm of weights ~1e20 would read as inf).
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)).astype(jnp.float32) if leaves else jnp.float32(1.0)
+
+
 def build_train_step(
     stage: Stage, cfg: Any, tx: optax.GradientTransformation, seed: int, start: int, num_steps: int
 ):
@@ -204,6 +213,9 @@ def build_train_step(
             "grad_norm": optax.tree.norm(trained),
             "lr": schedule(local),
             **aux,
+            # The state *after* the update: a finite loss can still come with an update that
+            # overflows the weights (lr=inf, a diverging step); nothing non-finite is ever saved.
+            FINITE: _all_finite({g: params[g] for g in stage.trainable if g in params}),
         }
         return TrainState(state.step + 1, params, opt_state), out
 
@@ -229,8 +241,10 @@ class Run:
     jitted: dict = dataclasses.field(default_factory=dict)  # compiled helpers, built on first use
 
 
-def _val_size(n_train: int, val_size: float) -> int:
-    return int(val_size) if val_size >= 1 else max(1, int(round(n_train * val_size)))
+def _val_size(n_train: int, val_size: float, min_val: int = 0) -> int:
+    n = int(val_size) if val_size >= 1 else max(1, int(round(n_train * val_size)))
+    # A floor on the count, never more than half the training data.
+    return max(n, min(int(min_val), n_train // 2))
 
 
 def load_splits(config: ml_collections.ConfigDict, task: tasks.Task) -> dict:
@@ -240,11 +254,26 @@ def load_splits(config: ml_collections.ConfigDict, task: tasks.Task) -> dict:
     for name in ("train", "test"):
         if name not in splits:
             raise ValueError(f"task {task.name!r}: loader returned no {name!r} split")
-    if "val" not in splits:
+    folds = int(config.data.get("folds", 0))
+    if folds >= 2:
+        # k-fold validation (train_folds): fold `data.fold` of train validates, the rest trains.
+        if "val" in splits:
+            raise ValueError(f"data.folds={folds}: task {task.name!r} has its own validation split")
+        fold = int(config.data.get("fold", -1))
+        if not 0 <= fold < folds:
+            raise ValueError(f"data.fold={fold}: expected 0 … {folds - 1} under data.folds={folds}")
+        tr = splits["train"]
+        ids = pipeline.kfold_assignment(
+            len(tr["x"]), folds, seed=int(config.seed), labels=tr["y"] if task.classes else None
+        )
+        train = {k: v[ids != fold] for k, v in tr.items()}
+        val = {k: v[ids == fold] for k, v in tr.items()}
+        splits = {**splits, "train": train, "val": val}
+    elif "val" not in splits:
         n = len(splits["train"]["x"])
         train, val = pipeline.carve_validation(
             splits["train"],
-            _val_size(n, float(config.data.val_size)),
+            _val_size(n, float(config.data.val_size), int(config.data.get("min_val", 0))),
             seed=int(config.seed),
             stratify="y" if task.classes else None,
         )
@@ -273,13 +302,18 @@ def target_decoder(task: tasks.Task, splits: dict):
     return lambda out: out * std + mean
 
 
-def setup(config: ml_collections.ConfigDict) -> Run:
-    """Mesh, data, pretrained body, sharded model init and stage context (no training)."""
+def setup(config: ml_collections.ConfigDict, *, eval_only: bool = False) -> Run:
+    """Mesh, data, pretrained body, sharded model init and stage context (no training).
+
+    ``eval_only``: what evaluating a checkpoint needs and nothing more: ``run.params`` is the
+    abstract model tree (ShapeDtypeStructs with shardings; restore fills it), no source data is
+    read and no method-owned groups (PaRe's gate, LSG's graph) are built.
+    """
     # Mesh.
     mesh = parallel.make_mesh(
         int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.get("num_devices", 0))
     )
-    config_lib.validate(config, num_devices=mesh.size)
+    config_lib.validate(config, num_devices=mesh.size, training=not eval_only)
     # Input.
     task = tasks.get(config.task)
     splits = load_splits(config, task)
@@ -291,22 +325,32 @@ def setup(config: ml_collections.ConfigDict) -> Run:
         else pretrained.random_params(int(config.seed))
     )
     body_params = jax.device_get(body_params)  # host numpy: valid jit input on every process
+    emb = embedders.Embed1DOptions(**config.embedder)
     captured = {}
 
     def init(bp):
         graphdef, params = crossmodal.build_crossmodal(
-            task.spec, pretrained, body_params=bp, seed=int(config.seed)
+            task.spec, pretrained, body_params=bp, seed=int(config.seed), embedder=emb
         )
         captured["graphdef"] = graphdef
         return params
 
     abstract = jax.eval_shape(init, body_params)
     shardings = parallel.param_shardings(abstract, mesh, [tuple(r) for r in config.sharding_rules])
-    params = jax.jit(init, out_shardings=shardings)(body_params)
+    if eval_only:
+        params = jax.tree.map(
+            lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, shardings
+        )
+    else:
+        params = jax.jit(init, out_shardings=shardings)(body_params)
     # Per-block remat is a static attribute of the graphdef; the params are the same either way.
     graphdef = layers.with_remat(captured["graphdef"], abstract, config.body.get("remat", "none"))
     if config.get("compute_dtype", "float32") != "float32":
         graphdef = crossmodal.with_compute_dtype(graphdef, abstract, config.compute_dtype)
+    if eval_only:
+        ctx = Context(graphdef, task, pretrained, splits, None, None, config)
+        ctx = dataclasses.replace(ctx, decode=target_decoder(task, splits))
+        return Run(config, mesh, task, splits, pretrained, graphdef, params, shardings, ctx)
     # Source data for alignment objectives.
     source, feats = sources.load(config.source, pretrained, seed=int(config.seed))
     ctx = Context(
@@ -348,17 +392,59 @@ def method_params(
     return jax.jit(init, out_shardings=shardings)(), shardings
 
 
+def _param_paths(params: dict) -> list[str]:
+    return [
+        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+    ]
+
+
+def _check_freeze(name: str, cfg: Any, params: dict) -> None:
+    """A ``freeze`` regex must match a leaf of a trainable group: a typo must not silently
+    train everything."""
+    rx = re.compile(cfg.freeze)
+    trainable = [p for p in _param_paths(params) if p.split("/", 1)[0] in tuple(cfg.trainable)]
+    if not any(rx.search(p) for p in trainable):
+        raise ValueError(
+            f"stages.{name}.freeze={cfg.freeze!r} matches no parameter of the trainable groups "
+            f"{list(cfg.trainable)}; paths look like {trainable[:3]}"
+        )
+
+
 def build_stages(run: Run) -> list[tuple[Stage, Any, int]]:
-    """(stage, stage config, number of steps) for each name of ``config.stage_order``."""
+    """(stage, stage config, number of steps) for each name of ``config.stage_order``.
+
+    A stage's budget is ``steps``, else ``epochs`` of its main dataset, raised to ``min_steps``;
+    with ``includes_previous`` that budget is the run's total, and the steps of the stages before
+    it are taken out of it (so recipes with and without pre-stages get the same total).
+    The resolved count is handed to the stage builder as ``steps`` (a copy of the stage config),
+    so a method that schedules within its stage (PaRe's k, LSG's ramp) sees the trainer's count.
+    Every stage's epochs are epochs of the (labelled) train split.
+    """
     out = []
     bs = int(run.config.data.batch_size)
+    per_epoch = pipeline.steps_per_epoch(len(run.ctx.splits["train"]["x"]), bs)
+    before = 0
     for name in config_lib.stage_names(run.config):
         cfg = run.config.stages[name]
-        stage = methods.STAGE_KINDS[cfg.kind](name, cfg, run.ctx)
-        main = stage.datasets.get("") or next(iter(stage.datasets.values()))
-        per_epoch = pipeline.steps_per_epoch(len(next(iter(main.values()))), bs)
         steps = int(cfg.steps) if int(cfg.steps) > 0 else math.ceil(float(cfg.epochs) * per_epoch)
-        out.append((stage, cfg, steps))
+        # The floor keeps a budget from shrinking with the dataset: 20 epochs of 40 examples are
+        # 50 optimizer steps, far from converged.
+        steps = max(steps, int(cfg.get("min_steps", 0)))
+        if cfg.get("includes_previous", False):
+            if steps <= before:
+                raise ValueError(
+                    f"stages.{name}: its budget of {steps} steps includes the {before} steps of "
+                    "the stages before it and leaves none; raise its steps/epochs/min_steps"
+                )
+            steps -= before
+        if cfg.get("freeze", ""):
+            _check_freeze(name, cfg, run.params)
+        resolved = ml_collections.ConfigDict(cfg.to_dict())
+        resolved.steps = steps
+        stage = methods.STAGE_KINDS[cfg.kind](name, resolved, run.ctx)
+        out.append((stage, resolved, steps))
+        before += steps
     return out
 
 
@@ -411,9 +497,10 @@ def make_predict(run: Run):
     return jax.jit(predict, in_shardings=(run.param_shardings, bsh), out_shardings=bsh)
 
 
-def evaluate(run: Run, predict, params: dict, split: str) -> float:
-    """The task metric on a whole split: outputs gathered, padding dropped, then the metric."""
-    keys = ("x", "y", *run.task.metric_extras)
+def split_outputs(run: Run, predict, params: dict, split: str) -> dict[str, np.ndarray]:
+    """Decoded outputs of a whole split, gathered on the host, padding dropped: ``{"out", "y",
+    …extras}`` (the metric's and the loss's extra fields ride along)."""
+    keys = dict.fromkeys(("x", "y", *run.task.metric_extras, *run.task.loss_extras))
     arrays = {k: run.splits[split][k] for k in keys}
     got: dict[str, list] = {}
     for batch in pipeline.eval_batches(arrays, int(run.config.data.eval_batch_size)):
@@ -421,9 +508,39 @@ def evaluate(run: Run, predict, params: dict, split: str) -> float:
         valid = np.asarray(out.pop(pipeline.VALID)) > 0
         for k, v in out.items():
             got.setdefault(k, []).append(np.asarray(v)[valid])
-    cat = {k: np.concatenate(v) for k, v in got.items()}
-    extras = {k: cat[k] for k in run.task.metric_extras}
-    return metrics.get(run.task.metric)(cat["out"], cat["y"], **extras)
+    return {k: np.concatenate(v) for k, v in got.items()}
+
+
+def metric_of(task: tasks.Task, outputs: dict[str, np.ndarray]) -> float:
+    """The task metric of gathered ``outputs`` (:func:`split_outputs`)."""
+    extras = {k: outputs[k] for k in task.metric_extras}
+    return metrics.get(task.metric)(outputs["out"], outputs["y"], **extras)
+
+
+def loss_of(task: tasks.Task, outputs: dict[str, np.ndarray]) -> float:
+    """The task loss of gathered ``outputs`` (the tie-break of model selection)."""
+    from xmodal_jax import losses
+
+    extras = {k: jnp.asarray(outputs[k]) for k in task.loss_extras}
+    out, y = jnp.asarray(outputs["out"]), jnp.asarray(outputs["y"])
+    return float(losses.get(task.loss)(out, y, None, **task.loss_kwargs, **extras))
+
+
+def finite_outputs_fn(run: Run):
+    """Jitted ``(params, x) → bool``: every model output on ``x`` is finite (built once)."""
+    if "finite_outputs" not in run.jitted:
+        bsh = parallel.batch_sharding(run.mesh)
+
+        def check(params, x):
+            return jnp.all(jnp.isfinite(crossmodal.apply(run.graphdef, params, x)))
+
+        run.jitted["finite_outputs"] = jax.jit(check, in_shardings=(run.param_shardings, bsh))
+    return run.jitted["finite_outputs"]
+
+
+def evaluate(run: Run, predict, params: dict, split: str) -> float:
+    """The task metric on a whole split: outputs gathered, padding dropped, then the metric."""
+    return metric_of(run.task, split_outputs(run, predict, params, split))
 
 
 def source_diagnostics(run: Run, params: dict, batch: int = 64) -> dict[str, float]:
@@ -582,30 +699,62 @@ def init_state(
 
 def _check_finite(records: list[dict], stage: str) -> None:
     for rec in records:
-        if not np.isfinite(rec["loss"]):
+        finite = rec.pop(FINITE, 1.0) > 0
+        if not np.isfinite(rec["loss"]) or not finite:
+            what = (
+                f"loss is {rec['loss']}"
+                if finite
+                else "the weights after the update are not finite"
+            )
             raise TrainingDiverged(
-                f"stage {stage!r}: loss is {rec['loss']} at step {rec['step']}; stopping. The "
-                "latest checkpoint is the last one with finite losses."
+                f"stage {stage!r}: {what} at step {rec['step']}; stopping. Nothing from this "
+                "step on was saved or evaluated: the latest checkpoint is the last finite state."
             )
 
 
 class _StageLoop:
     """Mutable bookkeeping of one stage: pending metrics, counters, saving and evaluation."""
 
-    def __init__(self, run, stage, num_steps, state, batches, stage_step, best, io):
+    def __init__(self, run, stage, num_steps, state, batches, stage_step, best, io, since=0):
         self.run, self.stage, self.num_steps = run, stage, num_steps
+        self.run_check = finite_outputs_fn(run)
         self.state, self.batches = state, batches
         self.stage_step, self.global_step = stage_step, int(state.step)
-        self.best = best
+        self.best = best  # (val metric, val loss) of the best checkpoint so far
+        self.since_best = since  # this stage's evaluations since the last improvement
+        self.patience = int(run.config.stages[stage.name].get("patience", 0))
         self.ckpt, self.logger, self.say, self.predict = io
         self.pending: list[tuple[int, dict]] = []
         self.t0, self.s0 = time.time(), stage_step
 
-    def record(self, metrics: dict) -> None:
-        """Keeps the step's device metrics; nothing is fetched until :meth:`flush`."""
+    @property
+    def exhausted(self) -> bool:
+        """Whether patience ran out: ``patience`` evaluations in a row without improvement."""
+        return self.patience > 0 and self.since_best >= self.patience
+
+    def record(self, metrics: dict, x: Any = None) -> None:
+        """Keeps the step's device metrics (and its input batch, for :meth:`verify`); nothing is
+        fetched until :meth:`flush`."""
         self.global_step += 1
         self.stage_step += 1
         self.pending.append((self.global_step, metrics))
+        self.last_x = x
+
+    def verify(self) -> None:
+        """Flushes, then checks that the current state's outputs on the last batch are finite.
+
+        Finite weights can still be diverged (one step at a huge lr leaves them ~1e30, finite,
+        and every later output inf): the state about to be saved, evaluated or promoted to best
+        must produce finite outputs itself, not only have come from a finite loss.
+        """
+        self.flush()
+        x = getattr(self, "last_x", None)
+        if x is not None and not bool(self.run_check(self.state.params, x)):
+            raise TrainingDiverged(
+                f"stage {self.stage.name!r}: the model's outputs at step {self.global_step} are "
+                "not finite (the weights diverged); stopping. This state was not saved: the "
+                "latest checkpoint is the last finite one."
+            )
 
     def flush(self) -> None:
         """Fetches pending metrics (one host sync), checks them, logs them."""
@@ -624,17 +773,26 @@ class _StageLoop:
             self.say(_progress(self.stage.name, self.stage_step, self.num_steps, rate, last))
 
     def validate(self) -> bool:
-        """Evaluates on validation; returns whether the best value improved."""
-        self.flush()
-        val = evaluate(self.run, self.predict, self.state.params, "val")
+        """Evaluates on validation; returns whether the best improved.
+
+        Better means a lower metric, or the same metric at a lower task loss: on validation
+        splits of a few dozen examples the error ties often, and the loss still ranks the ties.
+        """
+        self.verify()
+        outputs = split_outputs(self.run, self.predict, self.state.params, "val")
+        val = (metric_of(self.run.task, outputs), loss_of(self.run.task, outputs))
         improved = val < self.best
         self.best = min(self.best, val)
+        self.since_best = 0 if improved else self.since_best + 1
         self.logger.write(
-            self.global_step, {"metric": val, "best": self.best}, split="val", stage=self.stage.name
+            self.global_step,
+            {"metric": val[0], "loss": val[1], "best": self.best[0]},
+            split="val",
+            stage=self.stage.name,
         )
         self.say(
-            f"[{self.stage.name}] step {self.stage_step}: val {self.run.task.metric} {val:.4f} "
-            f"(best {self.best:.4f})"
+            f"[{self.stage.name}] step {self.stage_step}: val {self.run.task.metric} {val[0]:.4f} "
+            f"loss {val[1]:.4f} (best {self.best[0]:.4f})"
         )
         if self.run.config.get("source_diagnostics", False) and self.run.ctx.source is not None:
             diag = source_diagnostics(self.run, self.state.params)
@@ -645,15 +803,18 @@ class _StageLoop:
             )
         return improved
 
-    def save(self, stage_index: int, best_too: bool = False) -> None:
+    def save(self, stage_index: int, best_too: bool = False, history: dict | None = None) -> None:
         """Checkpoints the state (after checking every pending loss is finite)."""
-        self.flush()  # never checkpoint params behind a non-finite loss
+        self.verify()  # never checkpoint params behind a non-finite loss or with inf outputs
         meta = {
             "stage": self.stage.name,
             "stage_index": stage_index,
             "stage_step": self.stage_step,
             "step": self.global_step,
-            "best": self.best,
+            "best": list(self.best),
+            # A resume restores the patience count, so a stage stopped by patience stays stopped.
+            "since_best": self.since_best,
+            "stages": history or {},
             "config": self.run.config.to_json(),
         }
         data = {"iterators": self.batches.get_state()}
@@ -713,34 +874,190 @@ def _write_compile_stats(workdir: str, stage: str, stats: dict[str, float]) -> N
         json.dump(data, f, indent=2)
 
 
+def ensemble_outputs(task: tasks.Task, outputs: list[np.ndarray]) -> np.ndarray:
+    """The mean prediction of several models' decoded outputs: class probabilities for softmax
+    (``ce``) and sigmoid (``bce``) tasks, returned as log-probabilities / logits so every metric
+    reads them as it reads one model's outputs; plain means for regression and dense outputs."""
+    stack = np.stack([np.asarray(o, np.float64) for o in outputs])
+    if task.loss == "ce":
+        z = stack - stack.max(-1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        return np.log(np.maximum(probs.mean(0), 1e-300))
+    if task.loss == "bce":
+        p = np.clip((1.0 / (1.0 + np.exp(-stack))).mean(0), 1e-12, 1 - 1e-12)
+        return np.log(p) - np.log1p(-p)
+    return stack.mean(0)
+
+
+def train_folds(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = True) -> dict:
+    """k-fold validation (``data.folds = k``): one run per fold, then their ensemble on test.
+
+    Fold ``i`` (``workdir/fold_i``, resumable like any run) trains on the other folds of the train
+    split and chooses its checkpoint on fold ``i``. ``results.json`` reports every fold, the
+    out-of-fold validation metric (each training row predicted by the model that did not train
+    on it: a validation set as large as train) and, as ``test_best``, the test metric of the
+    ensemble of the k chosen checkpoints (:func:`ensemble_outputs`).
+    """
+    k = int(config.data.folds)
+    folds, t0 = [], time.time()
+    task = None
+    for i in range(k):
+        cfg = ml_collections.ConfigDict(config.to_dict())
+        cfg.data.fold = i
+        wd = os.path.join(workdir, f"fold_{i}")
+        done = os.path.join(wd, "results.json")
+        if os.path.exists(done) and os.path.exists(os.path.join(wd, "predictions.npz")):
+            res = json.load(open(done))
+        else:
+            res = train(cfg, wd, verbose=verbose)
+        if task is None:
+            task = tasks.get(cfg.task)
+        folds.append((res, np.load(os.path.join(wd, "predictions.npz"))))
+    assert task is not None
+
+    def cat(split: str, key: str) -> list[np.ndarray]:
+        return [p[f"{split}/{key}"] for _, p in folds]
+
+    test = {k_.split("/", 1)[1]: folds[0][1][k_] for k_ in folds[0][1].files if k_[:5] == "test/"}
+    test["out"] = ensemble_outputs(task, cat("test", "out"))
+    oof = {key: np.concatenate(cat("val", key)) for key in test}
+    results = {
+        "task": task.name,
+        "metric": task.metric,
+        "body": config.body.init,
+        "folds": k,
+        "fold_results": [r for r, _ in folds],
+        "val_best": metric_of(task, oof),  # out-of-fold
+        "test_best": metric_of(task, test),  # the ensemble
+        "test_mean_of_folds": float(np.mean([r["test_best"] for r, _ in folds])),
+        "steps": sum(r["steps"] for r, _ in folds),
+        "wall_s": time.time() - t0 + sum(r["wall_s"] for r, _ in folds),
+    }
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = True) -> dict:
     """Runs (or resumes) every stage, then evaluates the test split; returns the results dict.
 
     Resume order: the latest checkpoint in ``workdir`` (stage, step, optimizer and data-iterator
     state included), else a fresh start. SIGTERM writes a final checkpoint and raises
     :class:`Preempted`; ``config.stop_after`` does the same and raises :class:`Stopped`; a
-    non-finite loss raises :class:`TrainingDiverged` without saving.
+    non-finite loss raises :class:`TrainingDiverged` without saving. ``data.folds ≥ 2`` (and no
+    ``data.fold``) runs :func:`train_folds` instead.
     """
+    if int(config.data.get("folds", 0)) >= 2 and int(config.data.get("fold", -1)) < 0:
+        return train_folds(config, workdir, verbose=verbose)
+    damaged: dict[str, str] = {}
+    while True:
+        try:
+            return _train(config, workdir, verbose, damaged)
+        except _DamagedResume as e:
+            # Nothing was trained or written yet: start over from the next older checkpoint.
+            damaged.update(e.damaged)
+
+
+class _DamagedResume(Exception):
+    def __init__(self, damaged: dict[str, str]):
+        super().__init__(f"damaged checkpoints: {sorted(damaged)}")
+        self.damaged = damaged
+
+
+# Keys a resume may change: they do not change the trajectory of params, data or schedules.
+RESUME_FREE = (
+    "stop_after",
+    "log_every",
+    "resume",
+    "source_diagnostics",
+    "mesh.",
+    "data.eval_batch_size",
+    "data.prefetch",
+    "checkpoint.",
+    "body.remat",
+)
+
+
+def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """``key: old → new`` for every key whose change would alter the run's trajectory.
+
+    A key absent from the saved config (written before the key existed) counts as its default.
+    """
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(node, dict):
+            out = {}
+            for k, v in node.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: list(node) if isinstance(node, tuple | list) else node}
+
+    new = flat(json.loads(config.to_json()))
+    old = flat(saved)
+    defaults = flat(json.loads(config_lib.base_config().to_json()))
+    stage_defaults = config_lib.stage_defaults()
+    out = []
+    for key in sorted(set(new) | set(old)):
+        if any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUME_FREE):
+            continue
+        default = defaults.get(key)
+        if key.startswith("stages.") and key.count(".") == 2:
+            default = stage_defaults.get(key.rsplit(".", 1)[1])
+            default = list(default) if isinstance(default, tuple) else default
+        a, b = old.get(key, default), new.get(key, default)
+        if a != b:
+            out.append(f"{key}: {a!r} → {b!r}")
+    return out
+
+
+def _train(
+    config: ml_collections.ConfigDict, workdir: str, verbose: bool, damaged: dict[str, str]
+) -> dict:
     say = print if verbose and jax.process_index() == 0 else (lambda *a, **k: None)
     t_start = time.time()
-    run = setup(config)
-    stages = build_stages(run)
+    # Resume point first: a changed config is refused before anything is built or written.
     ckpt = checkpoint.Checkpointer(workdir, keep=int(config.checkpoint.keep))
+    ckpt.damaged.update(damaged)
+    try:
+        found = ckpt.find("latest")
+    except Exception:
+        ckpt.close()
+        raise
+    meta = None if found is None else found[2]
+    if meta is not None and config.get("resume", "") != "force":
+        changes = config_changes(json.loads(meta["config"]), config)
+        if changes:
+            ckpt.close()
+            raise config_lib.ConfigError(
+                f"{workdir} holds a run (step {meta['step']}) with a different config; resuming "
+                "would mix two runs. Changed:\n  " + "\n  ".join(changes) + "\nUse a new "
+                "--workdir, or --config.resume=force to continue this state under the new config."
+            )
+    if ckpt.damaged:
+        ckpt.quarantine()  # new saves may reuse their steps; the files are kept under damaged/
+    try:
+        run = setup(config)
+        stages = build_stages(run)
+    except Exception:
+        ckpt.close()
+        raise
     logger = MetricLogger(workdir)
     seed, bs = int(config.seed), int(config.data.batch_size)
     predict = make_predict(run)
     bsh = parallel.batch_sharding(run.mesh)
 
     # Resume.
-    meta = ckpt.read_meta("latest")
-    first_stage, resume_step, best = 0, 0, math.inf
+    first_stage, resume_step, best, since = 0, 0, (math.inf, math.inf), 0
     params, global_step = run.params, 0
+    history: dict[str, dict] = {}  # per finished stage: steps run, budget, why it stopped
     if meta is not None:
         names = [s.name for s, _, _ in stages]
         if meta["stage"] not in names:
             raise ValueError(f"{workdir}: checkpoint stage {meta['stage']!r} not in {names}")
         first_stage, resume_step = names.index(meta["stage"]), int(meta["stage_step"])
-        best = float(meta.get("best", math.inf))
+        best = tuple(meta.get("best", best))
+        since, history = int(meta.get("since_best", 0)), dict(meta.get("stages", {}))
         say(f"resuming {workdir} at stage {meta['stage']!r} step {resume_step}")
 
     stop = {"term": False}
@@ -756,7 +1073,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = Tr
                 state = init_state(run, tx, global_step, params)
                 data_state = None
                 if si == first_stage and meta is not None:
-                    state, data, _ = ckpt.restore(checkpoint.abstract_like(state), "latest")
+                    try:
+                        state, data, _ = ckpt.restore(checkpoint.abstract_like(state), found[:2])
+                    except checkpoint.CheckpointError:
+                        if ckpt.path(*found[:2]) in ckpt.damaged:  # not a shape mismatch
+                            raise _DamagedResume(dict(ckpt.damaged)) from None
+                        raise
                     data_state = data["iterators"]
                     global_step = int(state.step)
                 stage_step = resume_step if si == first_stage else 0
@@ -782,9 +1104,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = Tr
                     stage_step,
                     best,
                     (ckpt, logger, say, predict),
+                    since=since if si == first_stage else 0,
                 )
                 pending = None
-                if loop.stage_step < num_steps:
+                if loop.stage_step < num_steps and not loop.exhausted:
                     # Compile ahead of time on the first batch: the step's FLOPs and per-device
                     # memory are known (printed, saved to compile.json) before the first update.
                     pending = parallel.shard_batch(next(batches), run.mesh)
@@ -793,13 +1116,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = Tr
                     stats = compile_stats(step_fn, time.time() - t0)
                     say(f"stage {stage.name!r} step compiled: {format_compile_stats(stats)}")
                     _write_compile_stats(workdir, stage.name, stats)
-                while loop.stage_step < num_steps:
+                while loop.stage_step < num_steps and not loop.exhausted:
                     if pending is not None:
                         batch, pending = pending, None
                     else:
                         batch = parallel.shard_batch(next(batches), run.mesh)
                     loop.state, metrics_ = step_fn(loop.state, batch)
-                    loop.record(metrics_)
+                    loop.record(metrics_, batch["x"])
                     steps_here += 1
                     if loop.stage_step % int(config.log_every) == 0:
                         loop.flush()
@@ -808,15 +1131,25 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = Tr
                     if stage.evaluate and (loop.stage_step % eval_every == 0 or last):
                         improved = loop.validate()
                     if stop["term"] or steps_here == int(config.stop_after):
-                        loop.save(si)
+                        loop.save(si, history=history)
                         ckpt.wait()
                         where = f"saved step {loop.global_step} in {workdir}"
                         if stop["term"]:
                             raise Preempted(f"SIGTERM: {where}")
                         raise Stopped(f"stop_after={steps_here}: {where}")
-                    if improved or loop.stage_step % ckpt_every == 0 or last:
-                        loop.save(si, best_too=improved)
+                    if improved or loop.stage_step % ckpt_every == 0 or last or loop.exhausted:
+                        loop.save(si, best_too=improved, history=history)
                 loop.flush()
+                if loop.exhausted:
+                    say(
+                        f"stage {stage.name!r}: stopped by patience at step {loop.stage_step} of "
+                        f"{num_steps} ({loop.patience} evaluations without improvement)"
+                    )
+                history[stage.name] = {
+                    "steps": loop.stage_step,
+                    "budget": num_steps,
+                    "stopped": "patience" if loop.exhausted else "budget",
+                }
                 state, params, best = loop.state, loop.state.params, loop.best
                 global_step, resume_step = loop.global_step, 0
             ckpt.wait()
@@ -828,8 +1161,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = Tr
             if ckpt.resolve("best") is not None:
                 best_state, _, best_meta = ckpt.restore(checkpoint.abstract_like(state), "best")
                 results["best_step"] = int(best_meta["step"])
-                results["val_best"] = evaluate(run, predict, best_state.params, "val")
-                results["test_best"] = evaluate(run, predict, best_state.params, "test")
+                outs = {
+                    split: split_outputs(run, predict, best_state.params, split)
+                    for split in ("val", "test")
+                }
+                results["val_best"] = metric_of(run.task, outs["val"])
+                results["test_best"] = metric_of(run.task, outs["test"])
+                if int(config.data.get("folds", 0)) >= 2 and jax.process_index() == 0:
+                    # A fold of train_folds: its ensemble reads these instead of restoring.
+                    np.savez(
+                        os.path.join(workdir, "predictions.npz"),
+                        **{f"{sp}/{k}": v for sp, o in outs.items() for k, v in o.items()},
+                    )
+            # Per stage: optimizer steps run, the budget, and "patience" or "budget" (why it ended).
+            results["stages"] = history
+            results["steps"] = sum(h["steps"] for h in history.values())
             results["wall_s"] = time.time() - t_start
             if jax.process_index() == 0:
                 with open(os.path.join(workdir, "results.json"), "w") as f:

@@ -56,6 +56,27 @@ def check_dtype(arr: np.ndarray, kinds: str, path: str, field: str) -> np.ndarra
     return arr
 
 
+def check_finite(arr: Any, path: str, field: str, first_row: int = 0, chunk: int = 4096) -> Any:
+    """Every value of a float ``arr`` is finite; NaN/inf names the file, field, count and first
+    bad row. Integer and boolean arrays pass as they are; memory-mapped arrays are scanned in
+    chunks of ``chunk`` rows, so a multi-GB file is never held whole."""
+    if np.dtype(arr.dtype).kind != "f":
+        return arr
+    bad_rows, first = 0, None
+    for a in range(0, len(arr), chunk):
+        block = np.asarray(arr[a : a + chunk])
+        bad = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+        if bad.any():
+            bad_rows += int(bad.sum())
+            first = a + int(np.flatnonzero(bad)[0]) if first is None else first
+    if bad_rows:
+        raise DataFormatError(
+            f"{path}: field {field!r} has NaN/inf values in {bad_rows} samples "
+            f"(first: sample {first_row + first})"
+        )
+    return arr
+
+
 def check_labels(labels: np.ndarray, num_classes: int, path: str, field: str) -> np.ndarray:
     """Integer labels in ``[0, num_classes)``; an out-of-range label names its index and value."""
     labels = np.asarray(labels)

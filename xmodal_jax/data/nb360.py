@@ -39,6 +39,7 @@ from xmodal_jax.data.formats import (
     LazyArray,
     Splits,
     check_dtype,
+    check_finite,
     check_labels,
     check_lengths,
     check_shape,
@@ -456,6 +457,7 @@ def read_ninapro(root: str, *, seed: int = 0) -> Splits:
         labels = np.asarray(_load_npy(ypath, "label"))
         check_shape(data, (None, 52, 16), xpath, "ninapro")
         check_dtype(data, "fiu", xpath, "ninapro")
+        check_finite(data, xpath, "ninapro")
         check_shape(labels, (None,), ypath, "label")
         x = np.ascontiguousarray(np.asarray(data).transpose(0, 2, 1)[:, None], dtype=np.float32)
         y = _int_labels(labels, NUM_CLASSES["ninapro"], ypath, "label")
@@ -602,6 +604,7 @@ def read_satellite(root: str, *, seed: int = 0) -> Splits:
         labels = np.asarray(_get(obj, "label", path))
         check_shape(data, (None, 46), path, "data")
         check_dtype(data, "fiu", path, "data")
+        check_finite(data, path, "data")
         check_shape(labels, (len(data),), path, "label")
         y = _int_labels(labels, NUM_CLASSES["satellite"], path, "label", offset=1)
         out[split] = (data.astype(np.float32)[:, None, :], y, path)
@@ -636,6 +639,7 @@ def read_deepsea(root: str, *, seed: int = 0) -> Splits:
         xs = _npz_member(path, xk)
         check_shape(xs, (None, 1000, 4), path, xk)
         check_dtype(xs, "biuf", path, xk)
+        check_finite(xs, path, xk)
         ys = _npz_member(path, yk)
         check_shape(ys, (None, NUM_CLASSES["deepsea"]), path, yk)
         check_dtype(ys, "biuf", path, yk)

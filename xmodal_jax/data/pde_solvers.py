@@ -389,7 +389,9 @@ def _times(t_end: float) -> np.ndarray:
     return np.arange(round(t_end / DT_SAVE) + 1) * DT_SAVE
 
 
-def write_dataset(task: str, n: int, res: int, out_dir: str, seed: int = 0) -> str:
+def write_dataset(
+    task: str, n: int, res: int, out_dir: str, seed: int = 0, *, overwrite: bool = False
+) -> str:
     """Solves ``n`` samples of ``task`` on ``res`` cells (per axis) and writes PDEBench's file.
 
     ``task``: ``advection``, ``burgers``, ``reaction_diffusion_1d`` (1D: ``tensor`` [n, T, res],
@@ -397,7 +399,8 @@ def write_dataset(task: str, n: int, res: int, out_dir: str, seed: int = 0) -> s
     ``darcy``: ``nu`` [n, res, res] coefficient, ``tensor`` [n, 1, res, res] solution,
     ``x-coordinate``, ``y-coordinate``, attribute ``beta``). Values are float32, the file is named
     as PDEBench's release names it. Samples are solved and written in blocks, so memory does not
-    grow with ``n``. Returns the file's path.
+    grow with ``n``. Returns the file's path. An existing file there is an error unless
+    ``overwrite`` (a dataset is never replaced by accident).
     """
     task = ALIASES.get(task, task)
     if task not in FILE_NAMES:
@@ -406,6 +409,8 @@ def write_dataset(task: str, n: int, res: int, out_dir: str, seed: int = 0) -> s
         raise ValueError(f"need n ≥ 1 and res ≥ 4, got n={n}, res={res}")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, FILE_NAMES[task])
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
     rng = np.random.default_rng(seed)
     x = cell_centres(res)
     blocks = [slice(a, min(a + WRITE_BLOCK, n)) for a in range(0, n, WRITE_BLOCK)]

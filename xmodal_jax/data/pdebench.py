@@ -62,6 +62,7 @@ from xmodal_jax.data.formats import (
     LazyArray,
     Splits,
     check_dtype,
+    check_finite,
     check_shape,
     require_file,
     require_key,
@@ -158,16 +159,6 @@ def _dataset(obj: Any, key: str, path: str) -> h5py.Dataset:
     return check_dtype(ds, "f", path, key)
 
 
-def _finite(arr: np.ndarray, path: str, field: str, first_row: int = 0) -> np.ndarray:
-    bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
-    if bad.any():
-        raise DataFormatError(
-            f"{path}: field {field!r} has NaN/inf values in {bad.sum()} samples "
-            f"(first: sample {first_row + int(np.flatnonzero(bad)[0])})"
-        )
-    return arr
-
-
 def _check_steps(spec: PDETask, n_steps: int, path: str, field: str) -> int:
     if n_steps < spec.min_steps:
         raise DataFormatError(
@@ -186,7 +177,9 @@ def _read_rows(
 ) -> np.ndarray:
     """Rows ``start:stop`` of ``ds`` with ``rest`` selecting the other axes, read in chunks."""
     parts = [
-        _finite(_read(ds, (slice(a, min(a + _CHUNK, stop)), *rest), path, field), path, field, a)
+        check_finite(
+            _read(ds, (slice(a, min(a + _CHUNK, stop)), *rest), path, field), path, field, a
+        )
         for a in range(start, stop, _CHUNK)
     ]
     return np.concatenate(parts)
@@ -318,7 +311,7 @@ class _CFD2DSamples:
         """Unnormalised ``[len(rows), 4, H', W']`` from an open file; ``rows`` sorted, unique."""
         sel = (rows.tolist(), self.step, *_space(self.spec))
         out = [_read(_dataset(f, k, self.path), sel, self.path, k) for k in CFD_FIELDS[2]]
-        return _finite(np.stack(out, 1), self.path, "density/pressure/Vx/Vy")
+        return check_finite(np.stack(out, 1), self.path, "density/pressure/Vx/Vy")
 
     def gather(self, idx: np.ndarray) -> np.ndarray:
         """Normalised states of split examples ``idx``."""

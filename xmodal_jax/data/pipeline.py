@@ -194,6 +194,30 @@ def carve_validation(
     return train, val
 
 
+def kfold_assignment(
+    num: int, folds: int, *, seed: int, labels: np.ndarray | None = None
+) -> np.ndarray:
+    """Fold id ``0 … folds−1`` of each of ``num`` rows: seeded, class-stratified if ``labels``.
+
+    Each class's rows are shuffled and dealt round-robin, so every fold gets ⌊n_c/k⌋ or ⌈n_c/k⌉
+    rows of class ``c`` and fold sizes differ by at most one per class.
+    """
+    if not 2 <= folds <= num:
+        raise ValueError(f"k-fold validation: folds={folds} must be in [2, {num}] for {num} rows")
+    rng = np.random.default_rng(seed)
+    out = np.empty(num, np.int32)
+    groups = (
+        [np.arange(num)]
+        if labels is None
+        else [np.flatnonzero(np.asarray(labels) == c) for c in np.unique(labels)]
+    )
+    start = 0
+    for idx in groups:
+        out[rng.permutation(idx)] = (start + np.arange(len(idx))) % folds
+        start += len(idx)  # the next class continues the deal: fold sizes stay balanced
+    return out
+
+
 def label_subset(
     arrays: Arrays, ratio: float, *, seed: int, label: str = "y"
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

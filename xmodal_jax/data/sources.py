@@ -167,6 +167,14 @@ def load(source_cfg, pretrained: Pretrained, seed: int = 0):
         )
     else:
         raise ValueError(f"config.source.kind={kind!r} unknown")
+    if "input_ids" in source:
+        from xmodal_jax.models.pretrained import check_token_ids
+
+        check_token_ids(
+            source["input_ids"],
+            int(pretrained.config.vocab_size),
+            f"config.source.kind={kind!r} with the body {pretrained.path}",
+        )
     return source, embed_source(pretrained, source)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from xmodal_jax.models import layers, weights
@@ -165,7 +166,15 @@ class Pretrained:
     params: dict = dataclasses.field(repr=False)
 
     def apply(self, params: dict, **inputs: Array) -> Array:
-        """Runs the body with ``params`` on HF-named inputs; returns ``[B, L, D]``."""
+        """Runs the body with ``params`` on HF-named inputs; returns ``[B, L, D]``.
+
+        Concrete ``input_ids`` are checked against the vocabulary first (an id past the
+        embedding table would read NaN, a negative one a wrapped row); traced ids cannot be
+        read, so jitted callers check on the host (the source loaders do).
+        """
+        ids = inputs.get("input_ids")
+        if ids is not None and not isinstance(ids, jax.core.Tracer):
+            check_token_ids(np.asarray(ids), int(self.config.vocab_size), self.path)
         return nnx.merge(self.graphdef, params)(**inputs)
 
     def module(self, params: dict | None = None) -> nnx.Module:
@@ -200,6 +209,18 @@ class Pretrained:
             return AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         except Exception as e:
             raise WeightLoadError(f"{self.path}: cannot load the tokenizer files: {e}") from e
+
+
+def check_token_ids(ids: np.ndarray, vocab_size: int, where: str) -> np.ndarray:
+    """Token ids in ``[0, vocab_size)``; otherwise a ValueError naming the bad id and where."""
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        bad = ids[(ids < 0) | (ids >= vocab_size)]
+        raise ValueError(
+            f"{where}: token id {int(bad.flat[0])} is outside the vocabulary [0, {vocab_size}) "
+            f"({bad.size} such ids); was the text tokenised with another model's tokenizer?"
+        )
+    return ids
 
 
 def load_pretrained(path: str | None = None, *, dtype: Any = jnp.float32) -> Pretrained:

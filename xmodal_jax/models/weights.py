@@ -99,6 +99,16 @@ def read_safetensors(files: Sequence[str]) -> dict[str, tuple[np.ndarray, str]]:
             raise WeightLoadError(
                 f"{path}: unreadable safetensors file (truncated or corrupt?): {e}"
             ) from e
+    bad = [
+        f"{key} in {src} ({int((~np.isfinite(np.asarray(a, np.float32))).sum())} values)"
+        for key, (a, src) in out.items()
+        if a.dtype.kind == "f" and not np.isfinite(np.asarray(a, np.float32)).all()
+    ]
+    if bad:
+        raise WeightLoadError(
+            f"{len(bad)} tensor(s) hold NaN/inf weights (a damaged or diverged checkpoint):\n  "
+            + "\n  ".join(bad[:10])
+        )
     return out
 
 
