@@ -1,8 +1,18 @@
-"""Runs methods × seeds on offline tasks through the one trainer and prints mean ± std tables.
+"""Methods × seeds on offline tasks through the one trainer, beside the first-try baselines.
 
-``python bench/compare_methods.py --tasks digits,gunpoint --methods finetune,orca,mona
---seeds 0,1,2 --workdir runs/compare`` — every cell is the test metric at the best validation
-step (lower is better), same budget and seeds for every method.
+``python bench/compare_methods.py --tasks iris,gunpoint --methods finetune,orca,mona
+--seeds 0,1,2,3,4 --workdir runs/compare``
+
+Every method runs its task's default config (``configs/*.py``) with the same total optimizer
+budget: the recipes subtract their pre-stages (ORCA's alignment, MoNA's meta-steps) from the
+fine-tuning stage (``includes_previous``), and early stopping may end the last stage sooner; the
+table states the budget and the steps actually run. Each cell is the test metric at the best
+validation step (lower is better), mean ± std over seeds; each method's paired difference to
+plain fine-tuning on the same seeds comes with a paired t-test and a Wilcoxon signed-rank
+p-value (two-sided; with 5 seeds the smallest Wilcoxon p is 0.0625). The baselines
+(:mod:`xmodal_jax.baselines`) are fitted on the same train split and scored on the same test
+split. Finished runs are cached in their ``results.json``; the tables are also written to
+``<workdir>/summary.json``.
 
 ``advection`` trains on 1D advection trajectories that the project's own finite-volume solver
 writes in PDEBench's HDF5 layout (``xmodal-make-pde``; 256 samples at 1024 cells, generated once
@@ -13,6 +23,7 @@ are reported as such instead of failing the grid.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -21,11 +32,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TASKS = {
+    "iris": ("configs.tabular", "name=iris"),
+    "wine": ("configs.tabular", "name=wine"),
+    "breast_cancer": ("configs.tabular", "name=breast_cancer"),
+    "gunpoint": ("configs.ucr", "name=GunPoint"),
+    "basicmotions": ("configs.ucr", "name=BasicMotions"),
     "digits": ("configs.demo", ""),
     "digits2d": ("configs.digits2d", ""),
-    "gunpoint": ("configs.ucr", "name=GunPoint"),
-    "breast_cancer": ("configs.tabular", "name=breast_cancer"),
-    "advection": ("configs.pdebench", "pde=advection,data_dir={pde_dir},tsl=64,epochs=10"),
+    "advection": ("configs.pdebench", "pde=advection,data_dir={pde_dir}"),
 }
 # (task, method) pairs the method refuses by design, with the reason printed in the table.
 REFUSED = {("advection", "pare"): "refused: PaRe on 1D dense outputs is unspecified"}
@@ -39,70 +53,166 @@ def ensure_pde_data(pde_dir: str) -> None:
         pde_solvers.write_dataset("advection", n=256, res=1024, out_dir=pde_dir, seed=0)
 
 
-def main() -> None:
-    """Runs the grid (resuming finished cells from their results.json) and prints the table."""
-    import importlib
+def paired(diffs: list[float]) -> dict[str, float]:
+    """Mean ± std of paired differences, paired t-test and Wilcoxon signed-rank p-values."""
+    import numpy as np
+    from scipy import stats
 
+    d = np.asarray(diffs, np.float64)
+    out = {"mean": float(d.mean()), "std": float(d.std(ddof=1)) if len(d) > 1 else 0.0}
+    if len(d) < 2 or np.allclose(d, 0.0):
+        out.update(t_p=1.0, wilcoxon_p=1.0)  # identical runs: no evidence of a difference
+        return out
+    out["t_p"] = float(stats.ttest_rel(d, np.zeros_like(d)).pvalue) if d.std() > 0 else 0.0
+    out["wilcoxon_p"] = float(stats.wilcoxon(d, zero_method="zsplit").pvalue)
+    return out
+
+
+def budget_of(cfg) -> str:
+    """The recipe's stages and their step budgets, as the trainer will count them."""
+    from xmodal_jax import config_lib
+
+    parts = []
+    for name in config_lib.stage_names(cfg):
+        st = cfg.stages[name]
+        if st.includes_previous:
+            parts.append(f"{name} rest of {max(st.min_steps, st.steps)}")
+        else:
+            parts.append(f"{name} {st.steps or st.min_steps}")
+    return " + ".join(parts)
+
+
+def run_cell(task: str, method: str, seed: int, workdir: str, pde_dir: str) -> dict:
+    """One (task, method, seed) run, cached in its ``results.json``."""
+    from xmodal_jax import train_lib
+
+    wd = os.path.join(workdir, task, method, str(seed))
+    done = os.path.join(wd, "results.json")
+    if os.path.exists(done):
+        return json.load(open(done))
+    module, base = TASKS[task]
+    arg = ",".join(filter(None, [base.format(pde_dir=pde_dir), f"method={method}", f"seed={seed}"]))
+    t0 = time.time()
+    res = train_lib.train(importlib.import_module(module).get_config(arg), wd, verbose=False)
+    print(
+        f"{task} {method} seed {seed}: {res['test_best']:.4g} in {res['steps']} steps "
+        f"({time.time() - t0:.0f}s, load {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
+    return res
+
+
+def baseline_rows(task: str, seeds: list[int], workdir: str, pde_dir: str) -> dict:
+    """The task's baselines on the default config's splits (and, for UCR/UEA, on the raw input
+    the files ship, as well as on the standardised input the trainer sees), cached."""
+    from xmodal_jax import baselines
+    from xmodal_jax.data import tasks
+
+    path = os.path.join(workdir, task, "baselines.json")
+    if os.path.exists(path):
+        return json.load(open(path))
+    module, base = TASKS[task]
+    cfg = importlib.import_module(module).get_config(base.format(pde_dir=pde_dir))
+    out = {k: v for k, v in baselines.evaluate(tasks.get(cfg.task), seeds=seeds).items()}
+    if cfg.task.name == "ucr" and cfg.task.get("standardize", True):
+        raw = cfg.copy_and_resolve_references()
+        raw.task.standardize = False
+        for name, r in baselines.evaluate(tasks.get(raw.task), seeds=seeds).items():
+            out[f"{name} (raw input)"] = r
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2)
+    return out
+
+
+def main() -> None:
+    """Runs the grid (resuming finished cells), prints and writes the tables."""
     import numpy as np
     from absl import logging
 
-    from xmodal_jax import train_lib
-
     logging.set_verbosity(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="digits,gunpoint")
-    parser.add_argument("--methods", default="finetune,orca,mona")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--tasks", default="iris,breast_cancer,gunpoint,basicmotions,digits")
+    parser.add_argument("--methods", default="finetune,orca,mona,pare")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--workdir", default="runs/compare")
     parser.add_argument("--pde_dir", default="runs/compare/pde_data")
+    parser.add_argument("--no_baselines", action="store_true")
     args = parser.parse_args()
-    rows = []
+    seeds = [int(s) for s in args.seeds.split(",")]
+    pde_dir = os.path.abspath(args.pde_dir)
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    summary: dict = {}
     for task in args.tasks.split(","):
         module, base = TASKS[task]
         if "{pde_dir}" in base:
-            os.makedirs(args.pde_dir, exist_ok=True)
-            ensure_pde_data(args.pde_dir)
-            base = base.format(pde_dir=os.path.abspath(args.pde_dir))
-        cfg_mod = importlib.import_module(module)
+            os.makedirs(pde_dir, exist_ok=True)
+            ensure_pde_data(pde_dir)
+        rows: dict = {}
+        if not args.no_baselines:
+            rows["baselines"] = baseline_rows(task, seeds, args.workdir, pde_dir)
         for method in args.methods.split(","):
             if (task, method) in REFUSED:
-                rows.append((task, method, None, REFUSED[task, method], 0, 0.0, ""))
+                rows[method] = {"refused": REFUSED[task, method]}
                 continue
-            values, walls = [], []
-            for seed in map(int, args.seeds.split(",")):
-                wd = os.path.join(args.workdir, task, method, str(seed))
-                done = os.path.join(wd, "results.json")
-                if os.path.exists(done):
-                    res = json.load(open(done))
-                else:
-                    arg = ",".join(filter(None, [base, f"method={method}", f"seed={seed}"]))
-                    t0 = time.time()
-                    res = train_lib.train(cfg_mod.get_config(arg), wd, verbose=False)
-                    print(
-                        f"{task} {method} seed {seed}: {res['test_best']:.4f} "
-                        f"({time.time() - t0:.0f}s)",
-                        flush=True,
-                    )
-                values.append(res["test_best"])
-                walls.append(res["wall_s"])
-            rows.append(
-                (
-                    task,
-                    method,
-                    np.mean(values),
-                    np.std(values),
-                    len(values),
-                    np.mean(walls),
-                    res["metric"],
-                )
+            res = [run_cell(task, method, s, args.workdir, pde_dir) for s in seeds]
+            cfg = importlib.import_module(module).get_config(
+                ",".join(filter(None, [base.format(pde_dir=pde_dir), f"method={method}"]))
             )
-    print("\n| task | method | test metric (mean ± std) | seeds | wall per run |")
-    print("|---|---|---|---|---|")
-    for task, method, m, s, n, w, metric in rows:
-        if m is None:
-            print(f"| {task} | {method} | {s} | – | – |")
-            continue
-        print(f"| {task} ({metric}) | {method} | {m:.2f} ± {s:.2f} | {n} | {w:.0f} s |")
+            values = [r["test_best"] for r in res]
+            rows[method] = {
+                "metric": res[0]["metric"],
+                "values": values,
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "budget": budget_of(cfg),
+                "steps_run": [r.get("steps") for r in res],
+                "stopped_by_patience": sum(
+                    any(h.get("stopped") == "patience" for h in r.get("stages", {}).values())
+                    for r in res
+                ),
+                "wall_s": float(np.mean([r["wall_s"] for r in res])),
+            }
+        if "finetune" in rows and "values" in rows["finetune"]:
+            ft = rows["finetune"]["values"]
+            for method, row in rows.items():
+                if method not in ("finetune", "baselines") and "values" in row:
+                    row["vs_finetune"] = paired(
+                        [a - b for a, b in zip(row["values"], ft, strict=True)]
+                    )
+        summary[task] = rows
+    os.makedirs(args.workdir, exist_ok=True)
+    with open(os.path.join(args.workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print_tables(summary, seeds)
+
+
+def print_tables(summary: dict, seeds: list[int]) -> None:
+    """One Markdown table per task: baselines, then methods with their paired differences."""
+    for task, rows in summary.items():
+        print(f"\n### {task} (seeds {','.join(map(str, seeds))})\n")
+        print(
+            "| model | test metric (mean ± std) | Δ vs fine-tune (paired) | p (t / Wilcoxon) "
+            "| optimizer steps: budget → run (early stops) | wall per run |"
+        )
+        print("|---|---|---|---|---|---|")
+        for name, r in rows.get("baselines", {}).items():
+            spread = f" ± {r['std']:.2f}" if len(r["values"]) > 1 else ""
+            print(f"| {name} (baseline) | {r['mean']:.4g}{spread} | – | – | – | – |")
+        for method, r in rows.items():
+            if method == "baselines":
+                continue
+            if "refused" in r:
+                print(f"| {method} | {r['refused']} | – | – | – | – |")
+                continue
+            d = r.get("vs_finetune")
+            delta = f"{d['mean']:+.2f} ± {d['std']:.2f}" if d else "–"
+            p = f"{d['t_p']:.3f} / {d['wilcoxon_p']:.3f}" if d else "–"
+            steps = "/".join(str(s) for s in r["steps_run"])
+            print(
+                f"| {method} | {r['mean']:.4g} ± {r['std']:.2f} | {delta} | {p} | {r['budget']} "
+                f"→ {steps} ({r['stopped_by_patience']}) | {r['wall_s']:.0f} s |"
+            )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ every (batch size, token count) pair:
   ``finetune.task_loss_fn`` stage (embedder + body + head trained, AdamW lr 1e-4 wd 0.01),
   jitted with the state donated and rebound every step, as ``train_lib.train`` runs it. Its
   compile time (lower + compile) is measured once per shape and reported separately.
+- **JAX, default embedder**: the same step with the project's default 1D target embedder
+  (``Embed1DOptions()``: for these series shapes a shared patch projection without LayerNorm;
+  for ``(1, T)`` also as a table, the per-feature tokenizer), to show what the default embedder
+  costs: its step time relative to the ORCA-embedder step (goal: ≤ 5 % more).
 - **PyTorch eager**, the way the ORCA / PaRe references run it: ``transformers.BertModel``
   (sdpa attention) loaded from the same folder, a ``Conv1d(C, 384, kernel = stride = s)`` →
   LayerNorm → learned-positions embedder, the BERT encoder on those tokens (all-ones attention
@@ -84,13 +88,25 @@ def make_batch(batch_size: int, shape: tuple[int, int], seed: int = 0) -> dict[s
 # --- JAX: the project's own step ------------------------------------------------------------------
 
 
+ORCA = xm.Embed1DOptions(kind="orca")  # the embedder the torch reference implements
+
+
 class JaxRunner:
     """The project's jitted, donated fine-tune step for one input shape, with its state."""
 
-    def __init__(self, pre: xm.Pretrained, shape: tuple[int, int], batch: dict[str, np.ndarray]):
+    def __init__(
+        self,
+        pre: xm.Pretrained,
+        shape: tuple[int, int],
+        batch: dict[str, np.ndarray],
+        embedder: xm.Embed1DOptions = ORCA,
+        tabular: bool = False,
+    ):
         tsl = target_seq_len(shape)
-        spec = xm.TaskSpec(shape, "classification", NUM_CLASSES, target_seq_len=tsl)
-        graphdef, params = xm.build_crossmodal(spec, pre)
+        spec = xm.TaskSpec(
+            shape, "classification", NUM_CLASSES, target_seq_len=tsl, tabular=tabular
+        )
+        graphdef, params = xm.build_crossmodal(spec, pre, embedder=embedder)
         # Fresh buffers, as train_lib.setup's jitted init gives: built params alias pre.params and
         # each other (the embedder's LayerNorm is the source embedder's), and donation needs
         # every leaf to own its buffer.
@@ -230,19 +246,26 @@ def measure(
     batch = make_batch(batch_size, shape)
     jx = JaxRunner(pre, shape, batch)
     compile_s = jx.compile()
-    tr = TorchRunner(pre.path, shape, batch)
-    warm = 0.0  # the slower framework's fastest timed warm-up step
-    for runner in (jx, tr):
+    runners: dict[str, JaxRunner | TorchRunner] = {"jax": jx}
+    runners["default"] = JaxRunner(pre, shape, batch, xm.Embed1DOptions())
+    if shape[0] == 1:  # a (1, T) input read as a table: the per-feature tokenizer
+        runners["table"] = JaxRunner(pre, shape, batch, xm.Embed1DOptions(), tabular=True)
+    for name, runner in runners.items():
+        if name != "jax":
+            runner.compile()
+    runners["torch"] = TorchRunner(pre.path, shape, batch)
+    warm = 0.0  # the slowest runner's fastest timed warm-up step
+    for runner in runners.values():
         runner.run(1)  # first call: allocations, lazy initialisation
         fastest = min(timed(runner, 1)[0] for _ in range(WARMUP_STEPS - 1))
         warm = max(warm, fastest)
     steps = max(2, min(steps, round(max_s / warm)))
-    times: dict[str, list[tuple[float, float]]] = {"jax": [], "torch": []}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
     for r in range(rounds):
-        order = [("jax", jx), ("torch", tr)]
+        order = list(runners.items())
         for name, runner in order if r % 2 == 0 else order[::-1]:
             times[name].append(timed(runner, steps))
-    del jx, tr
+    del jx, runners
     gc.collect()
     out = {"compile_s": compile_s, "steps": steps}
     for name, got in times.items():
@@ -308,11 +331,11 @@ def main(argv: list[str] | None = None) -> None:
     header = (
         f"{'tokens':>6} {'input':>10} | {'compile s':>9} | {'steps':>5} | {'JAX ms':>8} "
         f"{'torch ms':>9} | {'JAX tok/s':>9} {'torch tok/s':>11} | {'speed-up':>8} | "
-        f"{'spread J/T':>10} | cores J/T"
+        f"{'spread J/T':>10} | cores J/T | default emb. Δ | table emb. Δ"
     )
     print(header)
     print("-" * len(header), flush=True)
-    ratios = []
+    ratios, deltas = [], []
     for tokens in args.tokens:
         for bs in args.batch_sizes:
             m = measure(pre, bs, tokens, args.steps, args.rounds, args.max_s)
@@ -320,17 +343,26 @@ def main(argv: list[str] | None = None) -> None:
             ratios.append(ratio)
             c, length = input_shape(tokens)
             spread = f"{100 * m['jax_spread']:.0f}%/{100 * m['torch_spread']:.0f}%"
+            # The default embedders' step time relative to the ORCA-embedder step (+ = slower).
+            delta = {k: m[f"{k}_s"] / m["jax_s"] - 1 for k in ("default", "table") if f"{k}_s" in m}
+            deltas.extend(delta.values())
+            cells = [f"{100 * delta[k]:+.1f}%" if k in delta else "–" for k in ("default", "table")]
             print(
                 f"{tokens:>6} {f'[{bs},{c},{length}]':>10} | {m['compile_s']:9.1f} | "
                 f"{m['steps']:5d} | {1e3 * m['jax_s']:8.1f} {1e3 * m['torch_s']:9.1f} | "
                 f"{bs * tokens / m['jax_s']:9.0f} {bs * tokens / m['torch_s']:11.0f} | "
-                f"{ratio:7.2f}x | {spread:>10} | {m['jax_cores']:.1f}/{m['torch_cores']:.1f}",
+                f"{ratio:7.2f}x | {spread:>10} | {m['jax_cores']:.1f}/{m['torch_cores']:.1f} | "
+                f"{cells[0]:>14} | {cells[1]:>12}",
                 flush=True,
             )
     gmean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
     print("-" * len(header))
     print(
         f"geometric-mean speed-up (torch time / JAX time): {gmean:.2f}x over {len(ratios)} shapes"
+    )
+    print(
+        "default embedders vs ORCA's, step time: median "
+        f"{100 * statistics.median(deltas):+.1f}%, max {100 * max(deltas):+.1f}% (goal ≤ +5 %)"
     )
     print(f"total runtime {time.time() - t_start:.0f}s")
 
