@@ -65,7 +65,7 @@ def _pare_recipe(config, *, epochs: float, min_steps: int, patience: int, lr: fl
         pare_begin=2000,
         pare_end=1500,
         pare_reference_tokens=3136,
-        pare_phase_a_epochs=max(1, round(epochs / 3)),
+        pare_phase_a_fraction=1 / 3,  # of the stage (its length is a step budget, not epochs)
     )
     config.stage_order = "pare"
 

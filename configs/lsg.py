@@ -10,7 +10,12 @@ uses, no graph; tl: LSG transfer; ssl: LSG + pseudo-labelled unlabelled data), `
 init, label subset, batches), ``steps``, ``batch``, ``tsl`` (the 1D embedder's target sequence
 length; 0 = the dataset's default), ``body`` (local HF folder, "" = the shipped MiniLM), ``lr``,
 ``cg``/``cc``/``cu`` (the graph-loss weights), ``ramp`` (fraction of the run over which cu rises
-from 0; 0 = full weight from the start, as the reference), ``gcn_steps`` (stage 1).
+from 0; 0 = full weight from the start, as the reference), ``gcn_steps`` (stage 1),
+``threshold`` (SSL pseudo-labels count only at softmax confidence ≥ threshold; 0 = all, as the
+reference), ``uwarm`` (fraction of the run before unlabelled terms start), ``gramp`` (fraction
+over which the graph weights rise from 0), ``normh`` (unit-norm h into the GCN), ``graphs``
+(``separate``: labelled and unlabelled nodes in two graph forwards, as the reference's
+main_lsg.py; ``one``: a single graph holding both).
 
 Every mode trains embedder + body + head for the same number of steps with the same optimiser;
 validation (carved from train before the label split, fully labelled, the same for all modes)
@@ -55,9 +60,16 @@ def get_config(arg: str | None = None):
         cu=1.0,
         ramp=0.0,
         gcn_steps=5005,
+        threshold=0.0,
+        uwarm=0.0,
+        gramp=0.0,
+        normh=False,
+        graphs="separate",
     )
     if a.dataset not in DATASETS:
         raise ValueError(f"dataset={a.dataset!r}; expected one of {sorted(DATASETS)}")
+    if a.graphs not in ("separate", "one"):
+        raise ValueError(f"graphs={a.graphs!r}; expected 'separate' or 'one'")
     if a.mode not in MODES:
         raise ValueError(f"mode={a.mode!r}; expected one of {MODES}")
     if not 0 < a.labels <= 100:
@@ -102,6 +114,11 @@ def get_config(arg: str | None = None):
             lsg_cu=a.cu if a.mode == "ssl" else 0.0,
             lsg_cu_rampup=a.ramp,
             lsg_gcn_steps=a.gcn_steps,
+            lsg_threshold=a.threshold,
+            lsg_u_warmup=a.uwarm,
+            lsg_graph_rampup=a.gramp,
+            lsg_normalize_h=a.normh,
+            lsg_separate_graphs=a.graphs == "separate",
             **common,
         )
     c.stage_order = "train"

@@ -46,9 +46,13 @@ def _dot(a, b):
     )
 
 
-def test_exact_meta_gradient_matches_central_finite_differences(tiny_bert_path):
+@pytest.mark.parametrize("rule", ["sgd", "rms"])
+def test_exact_meta_gradient_matches_central_finite_differences(tiny_bert_path, rule):
     with jax.enable_x64(True):
         params, trainable, target, source, kw = _setup(tiny_bert_path, jnp.float64)
+        kw["rule"] = rule
+        if rule == "rms":
+            kw["alpha"] = 1e-2  # an Adam-sized step: every leaf moves by RMS 1e-2
         key = jax.random.key(0)
         _, _, grads = mona.meta_grad(trainable, params, target, source, key, **kw)
 
@@ -114,6 +118,37 @@ def test_lambda_zero_is_a_plain_warmup_step(tiny_bert_path):
     plain = jax.grad(lambda tr: kw["loss_fn"]({**params, **tr}, target, key)[0])(trainable)
     for a, b in zip(jax.tree.leaves(meta), jax.tree.leaves(plain), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_rms_inner_step_moves_every_leaf_by_rms_alpha(tiny_bert_path):
+    params, _, target, _, kw = _setup(tiny_bert_path)
+    new = mona.inner_update(
+        kw["loss_fn"], params, target, jax.random.key(0), alpha=1e-3, rule="rms"
+    )
+    flat_a = jax.tree_util.tree_flatten_with_path(params["body"])[0]
+    for (path, a), b in zip(flat_a, jax.tree.leaves(new), strict=True):
+        if "key" in jax.tree_util.keystr(path) and "bias" in jax.tree_util.keystr(path):
+            continue  # softmax ignores a key bias: its gradient is 0 up to rounding noise
+        rms = float(jnp.sqrt(jnp.mean(jnp.square(b - a))))
+        assert rms == pytest.approx(1e-3, rel=1e-3), jax.tree_util.keystr(path)
+
+
+def test_diagnostics_report_the_meta_share_and_the_source_loss_change(tiny_bert_path):
+    params, trainable, target, source, kw = _setup(tiny_bert_path)
+    key = jax.random.key(0)
+    for mode in ("exact", "first_order", "taylor"):
+        _, aux, grads = mona.meta_grad(trainable, params, target, source, key, mode=mode, **kw)
+        # Slow, obvious versions: the meta term is the total minus the plain task gradient.
+        direct = jax.grad(lambda tr: kw["loss_fn"]({**params, **tr}, target, key)[0])(trainable)
+        meta = jax.tree.map(lambda g, d: g - d, grads, direct)
+        share = np.sqrt(_dot(meta, meta) / _dot(direct, direct))
+        assert float(aux["mona/meta_share"]) == pytest.approx(share, rel=1e-3, abs=1e-6), mode
+    theta1 = mona.inner_update(kw["loss_fn"], params, target, key, alpha=kw["alpha"])
+    delta = mona.outer_loss(kw["graphdef"], {**params, "body": theta1}, source) - mona.outer_loss(
+        kw["graphdef"], params, source
+    )
+    _, aux, _ = mona.meta_grad(trainable, params, target, source, key, **kw)
+    assert float(aux["mona/source_loss_delta"]) == pytest.approx(float(delta), rel=1e-4)
 
 
 def test_finite_difference_meta_gradient_agrees_in_direction(tiny_bert_path):

@@ -210,8 +210,10 @@ def test_pare_stage_follows_the_k_schedule_in_the_trainer(tiny_config, tmp_path)
     recs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     train = [r for r in recs if r["split"] == "train"]
     ks = [r["k"] for r in train]
-    # 1D schedule with seq_num = N_s = 8 over E = 2 epochs: k = 8 then 4 (clamped to N_t = 8).
-    assert ks[:6] == [8.0] * 6 and ks[6:] == [4.0] * 6
+    # 1D schedule over E = 2 epochs from the cap ⌊0.638·N_t⌋ = 5 of the N_t = 8 target tokens:
+    # k = 5 then 2 (the reference's seq_num = 32 clamped to N_t would replace all 8).
+    assert ks[:6] == [5.0] * 6 and ks[6:] == [2.0] * 6
+    assert all(r["pare/replaced_fraction"] <= 0.65 for r in train)
     assert all(np.isfinite(r["source_loss"]) for r in train)
     assert sorted(train_losses(tmp_path)) == list(range(1, 13))
 
@@ -279,8 +281,10 @@ def test_pare_2d_classification_with_a_cifar10_source(tmp_path, tiny_swin_path):
     res = train_lib.train(cfg, str(tmp_path / "run"), verbose=False)
     assert 0 <= res["test_last"] <= 100
     recs = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
-    # 2000 of 3136 tokens at epoch 0, on the tiny Swin's 8×8 = 64-token grid: clamped to 64.
-    assert all(r["k"] == 64 for r in recs if r["split"] == "train")
+    # 2000 of 3136 tokens at epoch 0, on the tiny Swin's 8×8 = 64-token grid: capped at
+    # ⌊64·2000/3136⌋ = 40, the spec's easy-end share (the reference clamps to all 64).
+    assert all(r["k"] == 40 for r in recs if r["split"] == "train")
+    assert all(r["pare/replaced_fraction"] <= 0.65 for r in recs if r["split"] == "train")
     assert all(r["source_loss"] > 0 for r in recs if r["split"] == "train")
 
 
@@ -303,6 +307,8 @@ def test_pare_dense_with_voc_masks(tmp_path, tiny_swin_path):
     assert "source_head" not in run.params  # dense: the source masks use the task's own head
     res = train_lib.train(cfg, str(tmp_path / "run"), verbose=False)
     assert np.isfinite(res["test_last"]) and res["metric"] == "relative_l2"
+    recs = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert all(r["pare/replaced_fraction"] <= 0.65 for r in recs if r["split"] == "train")
 
 
 def test_pare_1d_dense_is_refused_with_the_reason(tiny_config):

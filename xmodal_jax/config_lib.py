@@ -40,6 +40,12 @@ STAGE_RANGES = (
     ("fd_epsilon", 0.0, None, False),
     ("uniformity_t", 0.0, None, False),
     ("pare_tau", 0.0, None, False),
+    ("pare_max_fraction", 0.0, None, False),
+    ("lsg_threshold", 0.0, 1.0, True),
+    ("lsg_u_warmup", 0.0, 1.0, True),
+    ("lsg_graph_rampup", 0.0, 1.0, True),
+    ("lsg_cu_rampup", 0.0, 1.0, True),
+    ("pare_phase_a_fraction", 0.0, 1.0, True),
 )
 # (top-level key path, lower bound): counts and intervals.
 TOP_RANGES = (
@@ -87,6 +93,9 @@ def stage_defaults() -> dict[str, Any]:
         # MoNA (kind="mona"): θ' = θ − inner_lr·∇θ L_in, inner_steps times, on the body leaves
         # matching inner_params; J = L_in + meta_lambda·(align + uniformity(t)).
         inner_lr=1e-4,
+        # rms: per-leaf step α/RMS(∇θ), the size of an Adam step at lr α (the fine-tuning it
+        # simulates); sgd: θ − α∇θ as the spec writes it (≈10³× smaller on a BERT body).
+        inner_rule="rms",
         inner_steps=1,
         inner_params=".*",
         meta_lambda=0.4,
@@ -97,7 +106,7 @@ def stage_defaults() -> dict[str, Any]:
         # activation memory for more compute; matters most for MoNA's second-order step.
         remat=False,
         # PaRe (kind="pare", spec/pare.md): k(epoch) = int(pare_begin − pare_end·ep/E) for
-        # 2d/dense, int(pare_seq_num·(1 − ep/E)) for 1d (seq_num 0 = the source's token count);
+        # 2d/dense, int(pare_seq_num·(1 − ep/E)) for 1d (seq_num 0 = pare_max_fraction · N_t);
         # relaxed Gumbel top-k for pare_phase_a_epochs, then hard top-k. −1 = the family default
         # (phase A 10/10/5 epochs, mixed-loss weight 1/0.3/0.1 for 2d/dense/1d).
         pare_family="auto",  # auto | 2d | dense | 1d
@@ -108,6 +117,10 @@ def stage_defaults() -> dict[str, Any]:
         # N_t / pare_reference_tokens, so the spec's 2D schedule carries to other grids. 0 = as is.
         pare_reference_tokens=0,
         pare_phase_a_epochs=-1,
+        pare_phase_a_fraction=0.0,  # > 0: phase A is this share of the stage's epochs instead
+        # k never exceeds this share of the target tokens (2000/3136, the spec's easy end; 1.0 =
+        # the reference's clamp to N_t, which replaces every token of a short 1D input).
+        pare_max_fraction=2000 / 3136,
         pare_mix_weight=-1.0,
         pare_tau=0.9,
         pare_gumbel_on="prob",  # prob (as the reference) | logit (proper Gumbel-top-k)
@@ -131,6 +144,18 @@ def stage_defaults() -> dict[str, Any]:
         lsg_shift=0.125,
         lsg_noise=0.05,
         lsg_cu_rampup=0.0,  # cu rises linearly from 0 over this fraction of the stage (0 = off)
+        # Departures from the reference that keep LSG from collapsing (README, spec notes): SSL
+        # pseudo-labels count only at softmax confidence ≥ lsg_threshold (0 = every argmax, as
+        # the reference), unlabelled terms start after lsg_u_warmup of the stage (labelled CE
+        # first), the graph weights rise from 0 over lsg_graph_rampup of the stage, and
+        # lsg_normalize_h feeds unit-norm h to the GCN (the text nodes are unit-norm).
+        lsg_threshold=0.0,
+        lsg_u_warmup=0.0,
+        lsg_graph_rampup=0.0,
+        lsg_normalize_h=False,
+        # Labelled and unlabelled image nodes in separate graph forwards (the reference's
+        # main_lsg.py runs two), or one graph holding both.
+        lsg_separate_graphs=True,
         lsg_dense_nodes=2048,  # augmented graphs up to this many nodes run dense (Â matmul)
     )
 
@@ -337,6 +362,8 @@ def validate(
             )
         elif get("meta_grad") not in ("exact", "first_order", "taylor"):
             errors.append(f"{where}meta_grad: {get('meta_grad')!r} not in exact|first_order|taylor")
+        if get("inner_rule") not in ("rms", "sgd"):
+            errors.append(f"{where}inner_rule: {get('inner_rule')!r} not in ('rms', 'sgd')")
         for key in ("min_steps", "patience"):
             if not (isinstance(get(key), int) and get(key) >= 0):
                 errors.append(f"{where}{key}: must be an int ≥ 0, got {get(key)!r}")

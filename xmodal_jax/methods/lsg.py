@@ -749,12 +749,17 @@ def lsg_stage(name: str, cfg: Any, ctx: Context) -> Stage:
     cg, cc, cu = float(cfg.lsg_cg), float(cfg.lsg_cc), float(cfg.lsg_cu)
     rownorm = bool(cfg.lsg_align_rownorm)
     dense_nodes = int(cfg.get("lsg_dense_nodes", 2048))
-    # cu's ramp-up, in stage steps (resolved here: the stage length is not known to the loss).
+    # Ramps and warm-ups in stage steps (the trainer resolves the stage length into cfg.steps).
     steps = int(cfg.steps)
     if steps <= 0:
         per_epoch = max(len(ctx.splits["train"]["x"]) // int(ctx.config.data.batch_size), 1)
         steps = int(np.ceil(float(cfg.epochs) * per_epoch))
     ramp = float(cfg.get("lsg_cu_rampup", 0.0)) * steps
+    u_start = float(cfg.get("lsg_u_warmup", 0.0)) * steps
+    graph_ramp = float(cfg.get("lsg_graph_rampup", 0.0)) * steps
+    threshold = float(cfg.get("lsg_threshold", 0.0))
+    normalize_h = bool(cfg.get("lsg_normalize_h", False))
+    separate = bool(cfg.get("lsg_separate_graphs", True))
     aug = dict(shift=float(cfg.lsg_shift), noise=float(cfg.lsg_noise))
     task_loss = losses.get(ctx.task.loss)
     datasets = {"": ctx.splits["train"]}
@@ -786,27 +791,48 @@ def lsg_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         proj = params[PROJ_GROUP]
         pooled = pooled_features(model.head, tokens).astype(proj["kernel"].dtype)
         h = pooled @ proj["kernel"] + proj["bias"]
-        node_labels = y2
+        if normalize_h:
+            h = h / jnp.maximum(jnp.linalg.norm(h, axis=1, keepdims=True), 1e-12)
+        metrics["h_norm"] = jnp.linalg.norm(h[: 2 * b], axis=1).mean()
+
+        def graph_losses(h_nodes, node_labels):
+            return lsg_loss(
+                gcn_const,
+                text,
+                h_nodes,
+                node_labels,
+                align_rownorm=rownorm,
+                dense_nodes=dense_nodes,
+            )
+
+        w_graph = jnp.minimum(1.0, step / graph_ramp) if graph_ramp > 0 else 1.0
         if ssl:
             bu = batch["u_x"].shape[0]
-            pseudo = jnp.argmax(jax.lax.stop_gradient(logits[2 * b : 2 * b + bu]), axis=1)
-            node_labels = jnp.concatenate([y2, pseudo, pseudo])
+            probs = jax.nn.softmax(jax.lax.stop_gradient(logits[2 * b : 2 * b + bu]), axis=1)
+            pseudo, conf = jnp.argmax(probs, axis=1), jnp.max(probs, axis=1)
+            keep = (conf >= threshold).astype(h.dtype)  # threshold 0: every node (reference)
             metrics["pseudo_acc"] = (pseudo == batch["u_y"]).mean()
-        align, reg, z = lsg_loss(
-            gcn_const, text, h, node_labels, align_rownorm=rownorm, dense_nodes=dense_nodes
-        )
-        lab = slice(0, 2 * b)
-        graph = cg * align[lab].mean() + cc * reg[lab].mean()
+            metrics["pseudo_kept"] = keep.mean()
+            if separate:  # the reference's two graph forwards: labelled, then unlabelled nodes
+                align, reg, z = graph_losses(h[: 2 * b], y2)
+                align_u, reg_u, _ = graph_losses(h[2 * b :], jnp.concatenate([pseudo, pseudo]))
+            else:
+                align_all, reg_all, z_all = graph_losses(h, jnp.concatenate([y2, pseudo, pseudo]))
+                align, reg, z = align_all[: 2 * b], reg_all[: 2 * b], z_all[: 2 * b]
+                align_u, reg_u = align_all[2 * b :], reg_all[2 * b :]
+        else:
+            align, reg, z = graph_losses(h, y2)
+        graph = w_graph * (cg * align.mean() + cc * reg.mean())
         metrics.update(
-            align_loss=align[lab].mean(),
-            reg_loss=reg[lab].mean(),
-            graph_acc=(z[lab].argmax(1) == y2).mean(),
+            align_loss=align.mean(), reg_loss=reg.mean(), graph_acc=(z.argmax(1) == y2).mean()
         )
         if ssl:
-            unl_part = slice(2 * b, None)
             w_u = cu * jnp.minimum(1.0, step / ramp) if ramp > 0 else cu
-            graph = graph + w_u * (cg * align[unl_part].mean() + cc * reg[unl_part].mean())
-            metrics["unlabeled_align"] = align[unl_part].mean()
+            w_u = jnp.where(step >= u_start, w_u, 0.0) * w_graph  # labelled CE warm-up first
+            k2 = jnp.concatenate([keep, keep])
+            mean_u = lambda v: (v * k2).sum() / jnp.maximum(k2.sum(), 1.0)  # noqa: E731
+            graph = graph + w_u * (cg * mean_u(align_u) + cc * mean_u(reg_u))
+            metrics["unlabeled_align"] = mean_u(align_u)
         return ce + graph, metrics
 
     return Stage(

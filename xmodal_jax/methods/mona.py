@@ -2,7 +2,9 @@
 
 One meta-step, for target batch B_t and class-balanced source batch B_s:
 
-    θ'   = θ − α ∇_θ L_in(φ, θ, ψ; B_t)                       (K virtual SGD steps, discarded)
+    θ'   = θ − S ∇_θ L_in(φ, θ, ψ; B_t)                       (K virtual steps, discarded; S =
+                                                              α/RMS(∇θ) per leaf by default,
+                                                              an Adam-sized step; α for sgd)
     J    = L_in(φ, θ, ψ; B_t) + λ · L_out(θ'(φ, ψ); B_s)      (alignment + uniformity of the
                                                               source features under g_θ')
     (φ, ψ) ← optimiser(∇_{φ,ψ} J)
@@ -43,6 +45,65 @@ def inner_mask(body: Params, pattern: str) -> Params:
     )
 
 
+INNER_RULES = ("rms", "sgd")
+
+
+def step_scale(grads: list[Array], alpha: float, rule: str) -> list[Array]:
+    """Per-leaf step sizes of the virtual step: ``α`` (``sgd``), or ``α / RMS(g)`` (``rms``).
+
+    ``rms`` makes every leaf's displacement RMS ``α``: the size of an Adam/AdamW update at
+    learning rate ``α`` (whose first step is ``α·sign(g)``), so with ``α`` = the fine-tune lr the
+    virtual step moves θ as far as the fine-tuning it simulates. Plain SGD at that lr moves it
+    ~10³× less on a BERT body (its gradients are ~1e-3 per weight), which makes the meta term
+    vanish. The scale is differentiated like the rest of the step, so ``exact`` is the exact
+    meta-gradient of this step rule (the finite-difference surrogates hold it constant).
+    """
+    if rule == "sgd":
+        return [jnp.asarray(alpha, g.dtype) for g in grads]
+    if rule != "rms":
+        raise ValueError(f"inner_rule={rule!r}; expected one of {INNER_RULES}")
+    return [alpha / jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(g))), 1e-12) for g in grads]
+
+
+def _inner_steps(
+    loss_fn: Callable,
+    params: Params,
+    batch: dict,
+    rng: Array,
+    *,
+    alpha: float,
+    steps: int,
+    mask: Params | None,
+    rule: str,
+    outer: Params | None = None,
+) -> tuple[Params, Array | None, Params | None]:
+    """θ' after ``steps`` virtual steps; with ``outer`` (groups of ``params``, e.g. (φ, ψ)) also
+    the first step's loss and its gradient w.r.t. ``outer``, from the same backward pass."""
+    flat = traverse_util.flatten_dict(params["body"])
+    # Differentiate only the selected leaves: a 0/1 mask multiplying a full body gradient would
+    # still make XLA compute every weight gradient (0·g is not 0 for NaN, so it cannot drop it).
+    chosen = [k for k in flat if mask is None or traverse_util.flatten_dict(mask)[k]]
+    loss0 = grad0 = None
+    for k in range(steps):
+        rest = {key: v for key, v in flat.items() if key not in chosen}
+
+        def loss_of(sel, groups, k=k, rest=rest):
+            body = traverse_util.unflatten_dict({**rest, **dict(zip(chosen, sel, strict=True))})
+            return loss_fn({**params, **groups, "body": body}, batch, jax.random.fold_in(rng, k))[0]
+
+        sel = [flat[key] for key in chosen]
+        if k == 0 and outer is not None:
+            loss0, (grads, grad0) = jax.value_and_grad(loss_of, argnums=(0, 1))(sel, outer)
+        else:
+            grads = jax.grad(loss_of)(sel, {})
+        scale = step_scale(grads, alpha, rule)
+        flat = {
+            **flat,
+            **{key: p - c * g for key, p, g, c in zip(chosen, sel, grads, scale, strict=True)},
+        }
+    return traverse_util.unflatten_dict(flat), loss0, grad0
+
+
 def inner_update(
     loss_fn: Callable,
     params: Params,
@@ -52,30 +113,17 @@ def inner_update(
     alpha: float,
     steps: int = 1,
     mask: Params | None = None,
+    rule: str = "sgd",
 ) -> Params:
-    """θ' after ``steps`` virtual SGD steps of the body on the target loss (differentiable).
+    """θ' after ``steps`` virtual steps of the body on the target loss (differentiable).
 
-    ``mask`` (from :func:`inner_mask`) restricts the step to a subset of body leaves; the rest
-    keep θ. The result is differentiable w.r.t. every other group of ``params``.
+    ``rule``: ``sgd`` (θ − α∇θ, the spec's step) or ``rms`` (θ − α∇θ/RMS(∇θ) per leaf,
+    :func:`step_scale`). ``mask`` (from :func:`inner_mask`) restricts the step to a subset of
+    body leaves; the rest keep θ. The result is differentiable w.r.t. every other group.
     """
-    flat = traverse_util.flatten_dict(params["body"])
-    # Differentiate only the selected leaves: a 0/1 mask multiplying a full body gradient would
-    # still make XLA compute every weight gradient (0·g is not 0 for NaN, so it cannot drop it).
-    chosen = [k for k in flat if mask is None or traverse_util.flatten_dict(mask)[k]]
-    for k in range(steps):
-        rest = {key: v for key, v in flat.items() if key not in chosen}
-
-        def loss_of(sel, k=k, rest=rest):
-            body = traverse_util.unflatten_dict({**rest, **dict(zip(chosen, sel, strict=True))})
-            return loss_fn({**params, "body": body}, batch, jax.random.fold_in(rng, k))[0]
-
-        sel = [flat[key] for key in chosen]
-        grads = jax.grad(loss_of)(sel)
-        flat = {
-            **flat,
-            **{key: p - alpha * g for key, p, g in zip(chosen, sel, grads, strict=True)},
-        }
-    return traverse_util.unflatten_dict(flat)
+    return _inner_steps(
+        loss_fn, params, batch, rng, alpha=alpha, steps=steps, mask=mask, rule=rule
+    )[0]
 
 
 def alignment_uniformity(z: Array, labels: Array, t: float = 2.0) -> tuple[Array, Array]:
@@ -138,13 +186,28 @@ def meta_objective(
     steps: int = 1,
     mask: Params | None = None,
     t: float = 2.0,
+    rule: str = "sgd",
 ) -> tuple[Array, dict]:
     """J(φ, ψ) = L_in + λ·L_out(θ'(φ, ψ)): a pure function of the trainable groups."""
     p = {**params, **trainable}
     l_in = loss_fn(p, target, rng)[0]
-    body = inner_update(loss_fn, p, target, rng, alpha=alpha, steps=steps, mask=mask)
+    body = inner_update(loss_fn, p, target, rng, alpha=alpha, steps=steps, mask=mask, rule=rule)
     l_out = outer_loss(graphdef, {**p, "body": body}, source, t)
     return l_in + lam * l_out, {"inner_loss": l_in, "outer_loss": l_out}
+
+
+def _norm(tree: Any) -> Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def _diagnostics(direct: Params, meta: Params, l_out_new: Array, l_out_old: Array) -> dict:
+    """``mona/meta_share`` = ‖λ·meta term‖ / ‖direct term‖ on (φ, ψ), and
+    ``mona/source_loss_delta`` = L_out(θ') − L_out(θ): whether the meta term has any weight in
+    the update, and whether the simulated fine-tuning moves the source features at all."""
+    return {
+        "mona/meta_share": _norm(meta) / jnp.maximum(_norm(direct), 1e-30),
+        "mona/source_loss_delta": l_out_new - l_out_old,
+    }
 
 
 def meta_grad(
@@ -160,46 +223,74 @@ def meta_grad(
 ) -> tuple[Array, dict, Params]:
     """``(J, aux, ∇_{trainable} J)`` by the exact meta-gradient or a first-order surrogate.
 
-    ``first_order``: ∇J ≈ ∇L_in(θ) − λα[∇L_in(θ + εg') − ∇L_in(θ − εg')]/(2ε) with g' = ∇_θ
-    L_out(θ'), ε = fd_epsilon/‖g'‖ (K = 1). ``taylor``: the same with g evaluated at θ.
+    ``exact``: ``jax.grad`` of λ·L_out(θ'(φ, ψ)) through the inner ``jax.grad``; the direct term
+    ∇L_in comes out of the inner step's own backward pass. ``first_order``: ∇J ≈ ∇L_in(θ) −
+    λ[∇L_in(θ + εd) − ∇L_in(θ − εd)]/(2ε) with d = S·g', g' = ∇_θ L_out(θ'), S the inner step's
+    per-leaf step sizes (α for ``sgd``), ε = fd_epsilon/‖d‖ (K = 1). ``taylor``: the same with
+    g' at θ (both hold S constant). ``aux`` carries the losses and :func:`_diagnostics`.
     """
-    if mode == "exact":
-        (value, aux), grads = jax.value_and_grad(meta_objective, has_aux=True)(
-            trainable, params, target, source, rng, **kw
-        )
-        return value, aux, grads
-    if mode not in META_GRADS:
-        raise ValueError(f"meta_grad={mode!r}; expected one of {META_GRADS}")
     graphdef, loss_fn = kw["graphdef"], kw["loss_fn"]
     alpha, lam, mask, t = kw["alpha"], kw["lam"], kw.get("mask"), kw.get("t", 2.0)
+    rule, steps = kw.get("rule", "sgd"), kw.get("steps", 1)
     p = {**params, **trainable}
+    l_out_theta = jax.lax.stop_gradient(outer_loss(graphdef, p, source, t))
+    if mode == "exact":
+
+        def meta_part(tr):
+            q = {**params, **tr}
+            body, l_in, direct = _inner_steps(
+                loss_fn, q, target, rng, alpha=alpha, steps=steps, mask=mask, rule=rule, outer=tr
+            )
+            l_out = outer_loss(graphdef, {**q, "body": body}, source, t)
+            return lam * l_out, (l_in, l_out, direct)
+
+        (value, (l_in, l_out, direct)), meta = jax.value_and_grad(meta_part, has_aux=True)(
+            trainable
+        )
+        grads = jax.tree.map(jnp.add, direct, meta)
+        aux = {
+            "inner_loss": l_in,
+            "outer_loss": l_out,
+            **_diagnostics(direct, meta, l_out, l_out_theta),
+        }
+        return l_in + value, aux, grads
+    if mode not in META_GRADS:
+        raise ValueError(f"meta_grad={mode!r}; expected one of {META_GRADS}")
 
     def l_in_of(tr, body):
         return loss_fn({**p, **tr, "body": body}, target, rng)[0]
 
     # One backward pass gives both the direct term and the inner step's body gradient.
     l_in, (g_direct, g_body) = jax.value_and_grad(l_in_of, argnums=(0, 1))(trainable, p["body"])
-    if mode == "first_order":
-        scale = mask if mask is not None else jax.tree.map(lambda _: 1.0, g_body)
-        body_at = jax.tree.map(lambda b, g, m: b - alpha * m * g, p["body"], g_body, scale)
-    else:
-        body_at = p["body"]
+    scale_of = mask if mask is not None else jax.tree.map(lambda _: 1.0, g_body)
+    flat_g = jax.tree.leaves(g_body)
+    sizes = jax.tree.unflatten(jax.tree.structure(g_body), step_scale(flat_g, alpha, rule))
+    scale = jax.tree.map(  # the inner step's S (mask included), a constant of the surrogate
+        lambda c, m: jax.lax.stop_gradient(c) * m, sizes, scale_of
+    )
+    body_new = jax.tree.map(lambda b, g, c: b - c * g, p["body"], g_body, scale)
+    body_at = body_new if mode == "first_order" else p["body"]
     l_out, g_out = jax.value_and_grad(lambda b: outer_loss(graphdef, {**p, "body": b}, source, t))(
         jax.lax.stop_gradient(body_at)
     )
-    if mask is not None:
-        g_out = jax.tree.map(lambda g, m: g * m, g_out, mask)
-    eps = fd_epsilon / jnp.maximum(
-        jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(g_out))), 1e-12
-    )
-    plus = jax.tree.map(lambda b, g: b + eps * g, p["body"], g_out)
-    minus = jax.tree.map(lambda b, g: b - eps * g, p["body"], g_out)
+    d = jax.tree.map(lambda g, c: g * c, g_out, scale)
+    eps = fd_epsilon / jnp.maximum(_norm(d), 1e-12)
+    plus = jax.tree.map(lambda b, v: b + eps * v, p["body"], d)
+    minus = jax.tree.map(lambda b, v: b - eps * v, p["body"], d)
     g_plus = jax.grad(l_in_of)(trainable, plus)
     g_minus = jax.grad(l_in_of)(trainable, minus)
-    grads = jax.tree.map(
-        lambda d, a, b: d - lam * alpha * (a - b) / (2.0 * eps), g_direct, g_plus, g_minus
-    )
-    return l_in + lam * l_out, {"inner_loss": l_in, "outer_loss": l_out}, grads
+    meta = jax.tree.map(lambda a, b: -lam * (a - b) / (2.0 * eps), g_plus, g_minus)
+    grads = jax.tree.map(jnp.add, g_direct, meta)
+    if mode == "taylor":  # L_out(θ') for the diagnostic only
+        l_out_new = outer_loss(graphdef, {**p, "body": jax.lax.stop_gradient(body_new)}, source, t)
+    else:
+        l_out_new = l_out
+    aux = {
+        "inner_loss": l_in,
+        "outer_loss": l_out,
+        **_diagnostics(g_direct, meta, l_out_new, l_out_theta),
+    }
+    return l_in + lam * l_out, aux, grads
 
 
 def mona_stage(name: str, cfg: Any, ctx: Context) -> Stage:
@@ -231,6 +322,7 @@ def mona_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         lam=float(cfg.meta_lambda),
         steps=steps,
         t=float(cfg.uniformity_t),
+        rule=cfg.get("inner_rule", "rms"),
     )
     pattern = cfg.inner_params
 

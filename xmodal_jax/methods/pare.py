@@ -40,6 +40,8 @@ FAMILIES = ("2d", "dense", "1d")
 MIX_WEIGHT = {"2d": 1.0, "dense": 0.3, "1d": 0.1}
 PHASE_A_EPOCHS = {"2d": 10, "dense": 10, "1d": 5}
 GROUPS = ("gate", "source_head")
+# The largest share of target tokens replaced: the easy end of the spec's 2D schedule.
+MAX_FRACTION = 2000 / 3136
 
 
 # --- gate and selection ---------------------------------------------------------------------------
@@ -327,6 +329,9 @@ def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
     total = int(cfg.steps) if int(cfg.steps) > 0 else math.ceil(float(cfg.epochs) * per_epoch)
     epochs = max(1, math.ceil(total / per_epoch))
     phase_a = PHASE_A_EPOCHS[fam] if int(cfg.pare_phase_a_epochs) < 0 else cfg.pare_phase_a_epochs
+    if float(cfg.get("pare_phase_a_fraction", 0.0)) > 0:
+        phase_a = max(1, round(float(cfg.pare_phase_a_fraction) * epochs))
+    max_frac = float(cfg.get("pare_max_fraction", MAX_FRACTION))
     weight = MIX_WEIGHT[fam] if float(cfg.pare_mix_weight) < 0 else float(cfg.pare_mix_weight)
     begin, end, seq_num = int(cfg.pare_begin), int(cfg.pare_end), int(cfg.pare_seq_num)
     ref_tokens = int(cfg.pare_reference_tokens)
@@ -342,11 +347,18 @@ def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         n_t, n_s = z_t.shape[1], z_s.shape[1]
         epoch = step // per_epoch
 
+        # At most max_frac of the target tokens are ever replaced (the spec's easy end, 2000 of
+        # 3136): a larger k leaves the target term with (almost) no weight, λ = k/N_t → 1.
+        cap = min(n_s, n_t, n_t if max_frac >= 1 else int(max_frac * n_t))
+
         def k_at(ep):
-            k = k_schedule(ep, epochs, family=fam, begin=begin, end=end, seq_num=seq_num or n_s)
-            if ref_tokens > 0 and fam != "1d":
+            # 1D default (seq_num 0): k starts at the cap, scaled to this task's N_t; an explicit
+            # seq_num is the reference's count (32), scaled by pare_reference_tokens if given.
+            seq = seq_num or cap
+            k = k_schedule(ep, epochs, family=fam, begin=begin, end=end, seq_num=seq)
+            if ref_tokens > 0 and (fam != "1d" or seq_num > 0):
                 k = (k * n_t) // ref_tokens
-            return jnp.clip(k, 0, min(n_s, n_t)) if isinstance(k, jax.Array) else min(k, n_s, n_t)
+            return jnp.clip(k, 0, cap) if isinstance(k, jax.Array) else min(max(k, 0), cap)
 
         k = k_at(epoch)
         # k is non-increasing in the epoch: its first and last values (Python ints) bound the
@@ -387,7 +399,7 @@ def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
             logits = pooled @ head["kernel"] + head["bias"]
             src_loss = losses.cross_entropy(logits, src["y"])
         total, aux = pare_loss(clean, mixed, src_loss, lam, weight)
-        return total, {**aux, "k": k.astype(jnp.float32), "lam": lam}
+        return total, {**aux, "k": k.astype(jnp.float32), "lam": lam, "pare/replaced_fraction": lam}
 
     return Stage(
         name,
