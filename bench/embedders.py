@@ -32,14 +32,16 @@ TASKS = {
 # Variant → config.embedder values (models.embedders.Embed1DOptions).
 VARIANTS = {
     "orca": dict(kind="orca"),
-    "patch_none": dict(kind="patch", norm="none"),
-    "patch_pre": dict(kind="patch", norm="pre"),
-    "patch_post": dict(kind="patch", norm="post"),
+    "patch_none": dict(kind="patch", norm="none", overlap=1),
+    "patch_pre": dict(kind="patch", norm="pre", overlap=1),
+    "patch_post": dict(kind="patch", norm="post", overlap=1),
     "patch_none_overlap2": dict(kind="patch", norm="none", overlap=2),
-    "patch_mlp_post": dict(kind="patch", norm="post", hidden=64),
+    "patch_post_overlap2": dict(kind="patch", norm="post", overlap=2),
+    "patch_mlp_post": dict(kind="patch", norm="post", hidden=64, overlap=1),
     "feature_none": dict(kind="feature", norm="none"),
     "feature_pre": dict(kind="feature", norm="pre"),
     "feature_mlp_post": dict(kind="feature", norm="post", hidden=64),
+    "auto": dict(kind="auto", norm="auto", overlap=0),
 }
 
 

@@ -200,7 +200,9 @@ def test_auto_resolves_per_family():
     auto = embedders.Embed1DOptions()
     assert auto.resolve(1, 1, tabular=True).kind == "feature"
     assert auto.resolve(1, 5, tabular=False).kind == "patch"
-    assert auto.resolve(1, 5, tabular=False).norm == "none"  # 5 values per token: no LN
+    assert auto.resolve(1, 5, tabular=False).norm == "none"  # 2×5 values per token: no LN
+    assert auto.resolve(1, 5, tabular=False).overlap == 2  # half-overlapping windows
+    assert auto.resolve(1, 1, tabular=True).overlap == 1
     assert auto.resolve(6, 4, tabular=False).norm == "post"  # 24 values per token
     assert embedders.Embed1DOptions(kind="orca").resolve(1, 1, False).norm == "post"
     with pytest.raises(ValueError, match="kind='orca' is the reference embedder exactly"):
@@ -243,7 +245,7 @@ def test_padding_and_overlap_windows_match_an_explicit_zero_padded_conv():
 
 
 def test_value_mlp_and_pre_norm_layout():
-    opts = embedders.Embed1DOptions(kind="patch", norm="pre", hidden=16)
+    opts = embedders.Embed1DOptions(kind="patch", norm="pre", hidden=16, overlap=1)
     emb = _embed(opts, (1, 12), tsl=6)
     x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 1, 12)), jnp.float32)
     hidden = emb.conv(jnp.swapaxes(x, 1, 2))

@@ -171,9 +171,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.task = ml_collections.ConfigDict(dict(name="synthetic", target_seq_len=64))
     # The 1D target embedder (models.embedders.Embed1DOptions): kind auto | orca (the reference's,
     # for reproducing papers) | patch | feature; norm auto | post | pre | none; overlap (window =
-    # overlap × stride, patch only); hidden (value-MLP width, 0 = linear).
+    # overlap × stride, patch only; 0 = auto: 2); hidden (value-MLP width, 0 = linear).
     c.embedder = ml_collections.ConfigDict(
-        dict(kind="auto", norm="auto", overlap=1, hidden=0, min_norm_values=16)
+        dict(kind="auto", norm="auto", overlap=0, hidden=0, min_norm_values=16)
     )
     c.data = ml_collections.ConfigDict(
         # label_ratio < 1: that fraction of train (per class, seeded) keeps its labels, the rest

@@ -72,6 +72,7 @@ def patching(length: int, target_seq_len: int, rule: str = "pad") -> tuple[int, 
 
 EMBED1D_KINDS = ("auto", "orca", "patch", "feature")
 EMBED1D_NORMS = ("auto", "post", "pre", "none")
+AUTO_OVERLAP = 2  # windows of 2·s samples, half-overlapping (bench/embedders.py chose it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Embed1DOptions:
     """How :class:`Embed1D` makes a token (``config.embedder``; module docstring for the kinds).
 
     ``overlap`` (``patch`` only): each token reads a centred window of ``overlap·s`` samples
-    (PatchTST-style overlapping patches; 1 = disjoint). ``hidden`` > 0 puts a small value MLP
+    (PatchTST-style overlapping patches; 1 = disjoint; 0 = auto, which is 2 for ``patch``). ``hidden`` > 0 puts a small value MLP
     (projection to ``hidden`` → GELU → Linear to the body width) before the norm. ``auto`` norm
     resolves to ``post`` when a token reads at least ``min_norm_values`` input values (C·window),
     else ``none``.
@@ -87,7 +88,7 @@ class Embed1DOptions:
 
     kind: str = "auto"
     norm: str = "auto"
-    overlap: int = 1
+    overlap: int = 0
     hidden: int = 0
     min_norm_values: int = 16
 
@@ -96,13 +97,13 @@ class Embed1DOptions:
             raise ValueError(f"embedder.kind={self.kind!r}; expected one of {EMBED1D_KINDS}")
         if self.norm not in EMBED1D_NORMS:
             raise ValueError(f"embedder.norm={self.norm!r}; expected one of {EMBED1D_NORMS}")
-        if self.overlap < 1 or self.hidden < 0 or self.min_norm_values < 1:
+        if self.overlap < 0 or self.hidden < 0 or self.min_norm_values < 1:
             raise ValueError(
-                f"embedder: overlap ({self.overlap}) and min_norm_values "
-                f"({self.min_norm_values}) must be ≥ 1, hidden ({self.hidden}) ≥ 0"
+                f"embedder: overlap ({self.overlap}) and hidden ({self.hidden}) must be ≥ 0, "
+                f"min_norm_values ({self.min_norm_values}) ≥ 1"
             )
         if self.kind == "orca" and (
-            self.norm not in ("auto", "post") or self.overlap != 1 or self.hidden
+            self.norm not in ("auto", "post") or self.overlap > 1 or self.hidden
         ):
             raise ValueError(
                 "embedder.kind='orca' is the reference embedder exactly (disjoint windows, "
@@ -110,21 +111,21 @@ class Embed1DOptions:
                 f"norm/overlap/hidden (got norm={self.norm!r}, overlap={self.overlap}, "
                 f"hidden={self.hidden})"
             )
-        if self.kind == "feature" and self.overlap != 1:
+        if self.kind == "feature" and self.overlap > 1:
             raise ValueError(
                 "embedder.overlap applies to kind='patch' only (feature tokens are per position)"
             )
 
     def resolve(self, in_channels: int, stride: int, tabular: bool) -> Embed1DOptions:
-        """The concrete kind and norm for a task (``auto`` resolved; the rest unchanged)."""
+        """The concrete kind, overlap and norm for a task (``auto`` resolved)."""
         kind = self.kind if self.kind != "auto" else ("feature" if tabular else "patch")
+        overlap = (self.overlap or AUTO_OVERLAP) if kind == "patch" else 1
         norm = self.norm
         if kind == "orca":
             norm = "post"
         elif norm == "auto":
-            window = stride * (self.overlap if kind == "patch" else 1)
-            norm = "post" if in_channels * window >= self.min_norm_values else "none"
-        return dataclasses.replace(self, kind=kind, norm=norm)
+            norm = "post" if in_channels * stride * overlap >= self.min_norm_values else "none"
+        return dataclasses.replace(self, kind=kind, norm=norm, overlap=overlap)
 
 
 class Embed1D(nnx.Module):
