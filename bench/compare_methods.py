@@ -41,8 +41,33 @@ TASKS = {
     "digits2d": ("configs.digits2d", ""),
     "advection": ("configs.pdebench", "pde=advection,data_dir={pde_dir}"),
 }
+# Each method's own ablation (spec'd in issue "methods whose mechanism is active"): the same
+# recipe, seeds and budget with the mechanism switched off — MoNA without its meta term
+# (λ = 0: the (φ, ψ) stage trains on the inner target loss only), PaRe with k = 0 (gate, source
+# head and both losses kept, no token replaced). Their rows also get a paired Δ to the method.
+ABLATIONS = {
+    "mona_lam0": ("mona", {"stages.mona.meta_lambda": 0.0}),
+    "pare_k0": ("pare", {"stages.pare.pare_begin": 0, "stages.pare.pare_end": 0}),
+}
 # (task, method) pairs the method refuses by design, with the reason printed in the table.
 REFUSED = {("advection", "pare"): "refused: PaRe on 1D dense outputs is unspecified"}
+REFUSED[("advection", "pare_k0")] = REFUSED[("advection", "pare")]
+
+
+def config_of(task: str, method: str, pde_dir: str, seed: int | None = None):
+    """The task's default config for ``method`` (a recipe name or an :data:`ABLATIONS` key)."""
+    module, base = TASKS[task]
+    recipe, overrides = ABLATIONS.get(method, (method, {}))
+    seed_arg = [] if seed is None else [f"seed={seed}"]
+    arg = ",".join(filter(None, [base.format(pde_dir=pde_dir), f"method={recipe}", *seed_arg]))
+    cfg = importlib.import_module(module).get_config(arg)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return cfg
 
 
 def ensure_pde_data(pde_dir: str) -> None:
@@ -90,10 +115,8 @@ def run_cell(task: str, method: str, seed: int, workdir: str, pde_dir: str) -> d
     done = os.path.join(wd, "results.json")
     if os.path.exists(done):
         return json.load(open(done))
-    module, base = TASKS[task]
-    arg = ",".join(filter(None, [base.format(pde_dir=pde_dir), f"method={method}", f"seed={seed}"]))
     t0 = time.time()
-    res = train_lib.train(importlib.import_module(module).get_config(arg), wd, verbose=False)
+    res = train_lib.train(config_of(task, method, pde_dir, seed), wd, verbose=False)
     print(
         f"{task} {method} seed {seed}: {res['test_best']:.4g} in {res['steps']} steps "
         f"({time.time() - t0:.0f}s, load {os.getloadavg()[0]:.1f})",
@@ -156,9 +179,7 @@ def main() -> None:
                 rows[method] = {"refused": REFUSED[task, method]}
                 continue
             res = [run_cell(task, method, s, args.workdir, pde_dir) for s in seeds]
-            cfg = importlib.import_module(module).get_config(
-                ",".join(filter(None, [base.format(pde_dir=pde_dir), f"method={method}"]))
-            )
+            cfg = config_of(task, method, pde_dir)
             values = [r["test_best"] for r in res]
             rows[method] = {
                 "metric": res[0]["metric"],
@@ -180,6 +201,19 @@ def main() -> None:
                     row["vs_finetune"] = paired(
                         [a - b for a, b in zip(row["values"], ft, strict=True)]
                     )
+        for ablation, (recipe, _) in ABLATIONS.items():
+            if "values" in rows.get(ablation, {}) and "values" in rows.get(recipe, {}):
+                rows[recipe]["vs_ablation"] = {
+                    "ablation": ablation,
+                    **paired(
+                        [
+                            a - b
+                            for a, b in zip(
+                                rows[recipe]["values"], rows[ablation]["values"], strict=True
+                            )
+                        ]
+                    ),
+                }
         summary[task] = rows
     os.makedirs(args.workdir, exist_ok=True)
     with open(os.path.join(args.workdir, "summary.json"), "w") as f:
@@ -213,6 +247,15 @@ def print_tables(summary: dict, seeds: list[int]) -> None:
                 f"| {method} | {r['mean']:.4g} ± {r['std']:.2f} | {delta} | {p} | {r['budget']} "
                 f"→ {steps} ({r['stopped_by_patience']}) | {r['wall_s']:.0f} s |"
             )
+        ablated = [(m, r["vs_ablation"]) for m, r in rows.items() if "vs_ablation" in r]
+        if ablated:
+            print("\n| method − its ablation (paired) | Δ mean ± std | p (t / Wilcoxon) |")
+            print("|---|---|---|")
+            for m, d in ablated:
+                print(
+                    f"| {m} − {d['ablation']} | {d['mean']:+.2f} ± {d['std']:.2f} | "
+                    f"{d['t_p']:.3f} / {d['wilcoxon_p']:.3f} |"
+                )
 
 
 if __name__ == "__main__":

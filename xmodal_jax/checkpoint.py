@@ -116,7 +116,12 @@ class Checkpointer:
             data=ocp.args.JsonSave(data),
             meta=ocp.args.JsonSave(meta),
         )
-        self._manager("best" if best else "latest").save(step, args=args, force=True)
+        mgr = self._manager("best" if best else "latest")
+        if step in mgr.all_steps():
+            # A replay after resume (or resume=force) reaches a step saved before: the new state
+            # replaces it rather than Orbax refusing an existing step.
+            mgr.delete(step)
+        mgr.save(step, args=args, force=True)
 
     def steps(self, which: str = "latest") -> list[int]:
         """Steps with a checkpoint folder, oldest first (intact or not)."""

@@ -803,8 +803,17 @@ class _StageLoop:
             )
         return improved
 
-    def save(self, stage_index: int, best_too: bool = False, history: dict | None = None) -> None:
-        """Checkpoints the state (after checking every pending loss is finite)."""
+    def save(
+        self, stage_index: int, *, latest: bool = True, best: bool = False,
+        history: dict | None = None,
+    ) -> None:
+        """Checkpoints the state to ``latest`` and/or ``best`` (after checking it is finite).
+
+        An improvement alone writes only ``best``: a resume from the older ``latest`` replays the
+        same steps bit for bit (its metadata holds the best value of its own step), so it finds
+        the same improvement again and rewrites the same ``best``; saving ``latest`` too would
+        double the checkpoint I/O of every small-data run, where improvements are frequent.
+        """
         self.verify()  # never checkpoint params behind a non-finite loss or with inf outputs
         meta = {
             "stage": self.stage.name,
@@ -818,8 +827,9 @@ class _StageLoop:
             "config": self.run.config.to_json(),
         }
         data = {"iterators": self.batches.get_state()}
-        self.ckpt.save(self.global_step, self.state, data, meta)
-        if best_too:
+        if latest:
+            self.ckpt.save(self.global_step, self.state, data, meta)
+        if best:
             self.ckpt.save(self.global_step, self.state, data, meta, best=True)
 
 
@@ -1137,8 +1147,9 @@ def _train(
                         if stop["term"]:
                             raise Preempted(f"SIGTERM: {where}")
                         raise Stopped(f"stop_after={steps_here}: {where}")
-                    if improved or loop.stage_step % ckpt_every == 0 or last or loop.exhausted:
-                        loop.save(si, best_too=improved, history=history)
+                    scheduled = loop.stage_step % ckpt_every == 0 or last or loop.exhausted
+                    if improved or scheduled:
+                        loop.save(si, latest=scheduled, best=improved, history=history)
                 loop.flush()
                 if loop.exhausted:
                     say(
