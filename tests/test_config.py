@@ -27,6 +27,26 @@ def test_shipped_configs_validate():
         config_lib.validate(cfg, num_devices=1)
 
 
+@pytest.mark.parametrize(
+    "module,args",
+    [
+        *[("demo", f"method={m}") for m in ("finetune", "orca", "mona", "pare")],
+        *[("tabular", f"name=iris,method={m}") for m in ("finetune", "orca", "mona", "pare")],
+        *[("ucr", f"name=GunPoint,method={m}") for m in ("finetune", "orca", "mona", "pare")],
+        ("digits2d", "method=mona"),
+        ("pdebench", "pde=advection,data_dir=/nonexistent,method=mona"),
+        ("nb360", "task=ecg,data_dir=/nonexistent,method=orca"),
+        *[("lsg", f"dataset=digits,labels=15,mode={m}") for m in ("ce", "ceaug", "tl", "ssl")],
+    ],
+)
+def test_every_shipped_recipe_validates(module, args):
+    # Every config file × method a user can name on the command line, without reading data.
+    import importlib
+
+    cfg = importlib.import_module(f"configs.{module}").get_config(args)
+    config_lib.validate(cfg, num_devices=1)
+
+
 def _unlocked(arg=None):
     c = tiny.get_config(arg)
     c.unlock()
