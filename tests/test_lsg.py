@@ -388,20 +388,22 @@ def _stage_loss(tiny_config, lsg_cache, step, **stage):
 
 def test_pseudo_label_threshold_and_unlabelled_warmup(tiny_config, lsg_cache):
     # A threshold above every confidence (a fresh head is far from 0.999) keeps no node.
-    none_kept, m = _stage_loss(tiny_config, lsg_cache, 5, lsg_threshold=0.999)
+    ref = dict(lsg_threshold=0.0, lsg_u_warmup=0.0)  # the reference: every argmax, from step 0
+    none_kept, m = _stage_loss(tiny_config, lsg_cache, 5, **{**ref, "lsg_threshold": 0.999})
     assert float(m["pseudo_kept"]) == 0.0
-    every, m_all = _stage_loss(tiny_config, lsg_cache, 5)
+    every, m_all = _stage_loss(tiny_config, lsg_cache, 5, **ref)
     assert float(m_all["pseudo_kept"]) == 1.0 and float(every) > float(none_kept)
     # Before lsg_u_warmup of the stage the unlabelled terms are off; after it, on.
-    early, _ = _stage_loss(tiny_config, lsg_cache, 2, lsg_u_warmup=0.5)  # 2 of 12 steps
-    late, _ = _stage_loss(tiny_config, lsg_cache, 6, lsg_u_warmup=0.5)
+    early, _ = _stage_loss(tiny_config, lsg_cache, 2, lsg_threshold=0.0, lsg_u_warmup=0.5)
+    late, _ = _stage_loss(tiny_config, lsg_cache, 6, lsg_threshold=0.0, lsg_u_warmup=0.5)
     assert float(early) == pytest.approx(float(none_kept), rel=1e-6)
     assert float(late) == pytest.approx(float(every), rel=1e-6)
 
 
 def test_one_graph_and_separate_graphs_differ_only_in_the_unlabelled_terms(tiny_config, lsg_cache):
-    sep, m_sep = _stage_loss(tiny_config, lsg_cache, 5, lsg_separate_graphs=True)
-    one, m_one = _stage_loss(tiny_config, lsg_cache, 5, lsg_separate_graphs=False)
+    ref = dict(lsg_threshold=0.0, lsg_u_warmup=0.0)  # every pseudo-label counts from step 0
+    sep, m_sep = _stage_loss(tiny_config, lsg_cache, 5, lsg_separate_graphs=True, **ref)
+    one, m_one = _stage_loss(tiny_config, lsg_cache, 5, lsg_separate_graphs=False, **ref)
     # Labelled nodes see the same text prompts either way but a different normalisation once
     # unlabelled nodes share their class blocks: both are finite, and not identical.
     assert np.isfinite(float(sep)) and np.isfinite(float(one))
