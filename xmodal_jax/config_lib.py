@@ -18,15 +18,15 @@ import ml_collections
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
 ACCUM_REDUCE = ("sum", "mean")
-# Model groups, then the groups methods add (PaRe's gate and source head, LSG's projection).
-GROUPS = ("embedder", "body", "head", "source_embedder", "gate", "source_head", "lsg_proj")
+# The model's parameter groups; methods add their own (``methods.base.Method.groups``).
+MODEL_GROUPS = ("embedder", "body", "head", "source_embedder")
 SOURCE_KINDS = ("none", "text", "text_proxy", "cifar10", "voc")
 
 
-# (stage key, lower bound, upper bound or None, whether the lower bound is allowed).
+# Generic stage keys' ranges (stage key, lower bound, upper bound or None, whether the lower
+# bound is allowed); each method bounds its own keys (``methods.base.Method.ranges``).
 STAGE_RANGES = (
     ("lr", 0.0, None, False),
-    ("inner_lr", 0.0, None, False),
     ("weight_decay", 0.0, None, True),
     ("momentum", 0.0, 1.0, True),
     ("warmup_fraction", 0.0, 1.0, True),
@@ -34,18 +34,6 @@ STAGE_RANGES = (
     ("epochs", 0.0, None, True),
     ("steps", 0, None, True),
     ("warmup_steps", 0, None, True),
-    ("inner_steps", 1, None, True),
-    ("meta_lambda", 0.0, None, True),
-    ("otdd_epsilon", 0.0, None, False),
-    ("fd_epsilon", 0.0, None, False),
-    ("uniformity_t", 0.0, None, False),
-    ("pare_tau", 0.0, None, False),
-    ("pare_max_fraction", 0.0, None, False),
-    ("lsg_threshold", 0.0, 1.0, True),
-    ("lsg_u_warmup", 0.0, 1.0, True),
-    ("lsg_graph_rampup", 0.0, 1.0, True),
-    ("lsg_cu_rampup", 0.0, 1.0, True),
-    ("pare_phase_a_fraction", 0.0, 1.0, True),
 )
 # (top-level key path, lower bound): counts and intervals.
 TOP_RANGES = (
@@ -57,8 +45,25 @@ TOP_RANGES = (
 )
 
 
+def groups() -> tuple[str, ...]:
+    """Every parameter group a stage may train: the model's, then each method's."""
+    from xmodal_jax import methods
+
+    return MODEL_GROUPS + tuple(g for m in methods.METHODS for g in m.groups)
+
+
 def stage_defaults() -> dict[str, Any]:
-    """Every key a stage may set, with its default (types are checked against these)."""
+    """Every key a stage may set, with its default (types are checked against these): the
+    trainer's own keys, then each method's (``methods.base.Method.defaults``)."""
+    from xmodal_jax import methods
+
+    return dict(
+        **_trainer_stage_defaults(),
+        **{k: v for m in methods.METHODS for k, v in m.defaults.items()},
+    )
+
+
+def _trainer_stage_defaults() -> dict[str, Any]:
     return dict(
         kind="task",  # key of xmodal_jax.methods.STAGE_KINDS
         trainable=("embedder", "body", "head"),
@@ -86,78 +91,10 @@ def stage_defaults() -> dict[str, Any]:
         clip=0.0,  # global-norm clip of the (accumulated) gradient; 0 = off
         accum=1,  # gradient accumulation: micro-batches per update
         accum_reduce="mean",  # how micro-batch gradients combine (the ORCA reference sums)
-        objective="task",  # align stages: task | otdd | mmd
-        otdd_epsilon=0.1,
-        pseudo_label_k=10,
         evaluate=True,
-        # MoNA (kind="mona"): θ' = θ − inner_lr·∇θ L_in, inner_steps times, on the body leaves
-        # matching inner_params; J = L_in + meta_lambda·(align + uniformity(t)).
-        inner_lr=1e-4,
-        # rms: per-leaf step α/RMS(∇θ), the size of an Adam step at lr α (the fine-tuning it
-        # simulates); sgd: θ − α∇θ as the spec writes it (≈10³× smaller on a BERT body).
-        inner_rule="rms",
-        inner_steps=1,
-        inner_params=".*",
-        meta_lambda=0.4,
-        meta_grad="exact",  # exact | first_order | taylor
-        uniformity_t=2.0,
-        fd_epsilon=0.01,
         # Rematerialise the loss's forward pass in the backward pass (jax.checkpoint): less
         # activation memory for more compute; matters most for MoNA's second-order step.
         remat=False,
-        # PaRe (kind="pare", spec/pare.md): k(epoch) = int(pare_begin − pare_end·ep/E) for
-        # 2d/dense, int(pare_seq_num·(1 − ep/E)) for 1d (seq_num 0 = pare_max_fraction · N_t);
-        # relaxed Gumbel top-k for pare_phase_a_epochs, then hard top-k. −1 = the family default
-        # (phase A 10/10/5 epochs, mixed-loss weight 1/0.3/0.1 for 2d/dense/1d).
-        pare_family="auto",  # auto | 2d | dense | 1d
-        pare_begin=2000,
-        pare_end=1500,
-        pare_seq_num=0,
-        # begin/end are k's for this many target tokens (3136 = Swin's 56×56 grid); k is scaled by
-        # N_t / pare_reference_tokens, so the spec's 2D schedule carries to other grids. 0 = as is.
-        pare_reference_tokens=0,
-        pare_phase_a_epochs=-1,
-        pare_phase_a_fraction=0.0,  # > 0: phase A is this share of the stage's epochs instead
-        # k never exceeds this share of the target tokens (2000/3136, the spec's easy end; 1.0 =
-        # the reference's clamp to N_t, which replaces every token of a short 1D input).
-        pare_max_fraction=2000 / 3136,
-        pare_mix_weight=-1.0,
-        pare_tau=0.9,
-        pare_gumbel_on="prob",  # prob (as the reference) | logit (proper Gumbel-top-k)
-        pare_pairing="position",  # phase A pairing: position (reference) | rank (by gate score)
-        # LSG (kind="lsg", spec/lsg.md): label embeddings of the task's class names from
-        # lsg_text_model ("" = the shipped MiniLM), cached with the stage-1 GCN in lsg_cache_dir
-        # ("" = $XMODAL_CACHE/lsg or ~/.cache/xmodal_jax/lsg); lsg_prompts graph nodes per class
-        # (the next as many validate the GCN), inter-class edges at the top lsg_edge_ratio.
-        # Loss CE + lsg_cg·align + lsg_cc·reg (+ lsg_cu × the same on pseudo-labelled unlabelled
-        # data: SSL when > 0). Views: shift by ≤ lsg_shift of the length/size, noise lsg_noise·std.
-        lsg_text_model="",
-        lsg_cache_dir="",
-        lsg_prompts=20,
-        lsg_edge_ratio=0.003,
-        lsg_gcn_steps=5005,
-        lsg_gcn_lr=0.01,
-        lsg_cg=1.0,
-        lsg_cc=8.0,
-        lsg_cu=0.0,
-        lsg_align_rownorm=False,  # align on stage 1's row-normalised logits (reference: raw)
-        lsg_shift=0.125,
-        lsg_noise=0.05,
-        lsg_cu_rampup=0.0,  # cu rises linearly from 0 over this fraction of the stage (0 = off)
-        # Departures from the reference that keep LSG from collapsing (README, architecture
-        # notes): SSL pseudo-labels count only at softmax confidence ≥ lsg_threshold (0 = every
-        # argmax, as the reference), unlabelled terms start after lsg_u_warmup of the stage
-        # (labelled CE first; 0 = from the start, as the reference), the graph weights rise from
-        # 0 over lsg_graph_rampup of the stage, and lsg_normalize_h feeds unit-norm h to the
-        # GCN (the text nodes are unit-norm). Defaults measured on digits, 15 % labels.
-        lsg_threshold=0.95,
-        lsg_u_warmup=0.25,
-        lsg_graph_rampup=0.0,
-        lsg_normalize_h=False,
-        # Labelled and unlabelled image nodes in separate graph forwards (the reference's
-        # main_lsg.py runs two), or one graph holding both.
-        lsg_separate_graphs=True,
-        lsg_dense_nodes=2048,  # augmented graphs up to this many nodes run dense (Â matmul)
     )
 
 
@@ -339,13 +276,15 @@ def validate(
             errors.append(f"{where}schedule: {get('schedule')!r} not in {SCHEDULES}")
         if get("accum_reduce") not in ACCUM_REDUCE:
             errors.append(f"{where}accum_reduce: {get('accum_reduce')!r} not in {ACCUM_REDUCE}")
-        bad = sorted(set(get("trainable", ())) - set(GROUPS))
+        allowed = groups()
+        bad = sorted(set(get("trainable", ())) - set(allowed))
         if bad or not get("trainable"):
             errors.append(
                 f"{where}trainable: {list(get('trainable', ()))} must be a non-empty "
-                f"subset of {GROUPS}"
+                f"subset of {allowed}"
             )
-        for key, low, high, closed in STAGE_RANGES:
+        ranges = STAGE_RANGES + tuple(r for m in methods.METHODS for r in m.ranges)
+        for key, low, high, closed in ranges:
             v = get(key)
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
                 if v < low or (not closed and v == low) or (high is not None and v >= high):
@@ -355,16 +294,8 @@ def validate(
                     errors.append(f"{where}{key}: must be {bound}, got {v!r}")
         if get("steps", 0) <= 0 and not get("epochs", 0) > 0:
             errors.append(f"{where}epochs/steps: one of them must be > 0")
-        if get("meta_grad") in ("stop_gradient", "fomaml"):
-            errors.append(
-                f"{where}meta_grad: {get('meta_grad')!r} is rejected: stopping the gradient "
-                "through the inner step makes L_out(θ') independent of the embedder, so the meta "
-                "term is identically zero; use exact, first_order (finite differences) or taylor"
-            )
-        elif get("meta_grad") not in ("exact", "first_order", "taylor"):
-            errors.append(f"{where}meta_grad: {get('meta_grad')!r} not in exact|first_order|taylor")
-        if get("inner_rule") not in ("rms", "sgd"):
-            errors.append(f"{where}inner_rule: {get('inner_rule')!r} not in ('rms', 'sgd')")
+        for m in methods.METHODS:
+            errors.extend(m.check(get, where) if m.check else ())
         for key in ("min_steps", "patience"):
             if not (isinstance(get(key), int) and get(key) >= 0):
                 errors.append(f"{where}{key}: must be an int ≥ 0, got {get(key)!r}")

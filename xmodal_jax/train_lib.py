@@ -804,7 +804,11 @@ class _StageLoop:
         return improved
 
     def save(
-        self, stage_index: int, *, latest: bool = True, best: bool = False,
+        self,
+        stage_index: int,
+        *,
+        latest: bool = True,
+        best: bool = False,
         history: dict | None = None,
     ) -> None:
         """Checkpoints the state to ``latest`` and/or ``best`` (after checking it is finite).

@@ -1,4 +1,6 @@
-"""What a method contributes to the trainer: a :class:`Stage` (loss or grad function + its data).
+"""What a method contributes to the trainer: a :class:`Method` record (its stage kinds, config
+keys, parameter groups and checks) and, per stage, a :class:`Stage` (loss or grad function + its
+data).
 
 ``train_lib`` owns the loop, optimizers, sharding and checkpoints; a method only says what one
 step computes, which parameter groups it trains and which arrays its batches are drawn from.
@@ -69,3 +71,31 @@ class Stage:
     def __post_init__(self):
         if (self.loss_fn is None) == (self.grad_fn is None):
             raise ValueError(f"stage {self.name!r}: give exactly one of loss_fn / grad_fn")
+
+
+# (stage key, lower bound, upper bound or None, whether the lower bound is allowed).
+Range = tuple[str, float, float | None, bool]
+# (stage config getter, "stages.<name>.") → problems, each naming its key.
+StageCheck = Callable[[Callable[[str], Any], str], list[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """Everything one method adds to the trainer, declared next to its code.
+
+    ``stage_kinds`` maps each ``config.stages.<name>.kind`` it provides to its builder
+    ``(name, stage_cfg, ctx) → Stage``; ``defaults`` are the stage keys it adds (every stage
+    carries them, so a config is one flat, typed dict per stage); ``ranges`` bound its numeric
+    keys; ``groups`` are the parameter groups it owns next to the model's, built by
+    ``param_inits[kind](name, stage_cfg, ctx, rng)``; ``check`` reports cross-key problems.
+    ``config_lib`` and ``train_lib`` read methods only through these records
+    (:data:`xmodal_jax.methods.METHODS`), so adding a method is one module and one line.
+    """
+
+    name: str
+    stage_kinds: Mapping[str, Callable[[str, Any, Context], Stage]]
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    ranges: tuple[Range, ...] = ()
+    groups: tuple[str, ...] = ()
+    param_inits: Mapping[str, ParamInit] = dataclasses.field(default_factory=dict)
+    check: StageCheck | None = None

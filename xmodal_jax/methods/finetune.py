@@ -24,7 +24,7 @@ from ott.geometry import geometry
 from ott.solvers import linear
 
 from xmodal_jax import losses
-from xmodal_jax.methods.base import Context, Stage
+from xmodal_jax.methods.base import Context, Method, Stage
 from xmodal_jax.models.crossmodal import apply
 from xmodal_jax.models.heads import masked_mean
 
@@ -202,3 +202,18 @@ def align_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         loss_fn=loss_fn,
         evaluate=bool(cfg.get("evaluate", False)),
     )
+
+
+# The stage keys of fine-tuning and embedder alignment (besides the trainer's own).
+STAGE_DEFAULTS = dict(
+    objective="task",  # align stages: task | otdd | mmd
+    otdd_epsilon=0.1,
+    pseudo_label_k=10,
+)
+
+METHOD = Method(
+    name="finetune",
+    stage_kinds={"task": task_stage, "align": align_stage},
+    defaults=STAGE_DEFAULTS,
+    ranges=(("otdd_epsilon", 0.0, None, False),),
+)

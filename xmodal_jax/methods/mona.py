@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from xmodal_jax.methods.base import Context, Stage
+from xmodal_jax.methods.base import Context, Method, Stage
 from xmodal_jax.methods.finetune import task_loss_fn
 from xmodal_jax.models.crossmodal import apply
 from xmodal_jax.models.heads import masked_mean
@@ -379,3 +379,52 @@ def source_retention(features: Any, labels: Any, seed: int = 0) -> dict[str, flo
         "probe_acc": float(probe.score(scaler.transform(x_te), y_te)),
         "davies_bouldin": float(davies_bouldin_score(x, y)),
     }
+
+
+# MoNA's stage keys (spec/mona.md).
+STAGE_DEFAULTS = dict(
+    # MoNA (kind="mona"): θ' = θ − inner_lr·∇θ L_in, inner_steps times, on the body leaves
+    # matching inner_params; J = L_in + meta_lambda·(align + uniformity(t)).
+    inner_lr=1e-4,
+    # rms: per-leaf step α/RMS(∇θ), the size of an Adam step at lr α (the fine-tuning it
+    # simulates); sgd: θ − α∇θ as the spec writes it (≈10³× smaller on a BERT body).
+    inner_rule="rms",
+    inner_steps=1,
+    inner_params=".*",
+    meta_lambda=0.4,
+    meta_grad="exact",  # exact | first_order | taylor
+    uniformity_t=2.0,
+    fd_epsilon=0.01,
+)
+
+
+def check_stage(get: Callable[[str], Any], where: str) -> list[str]:
+    """MoNA's cross-key checks: a known meta-gradient and inner rule (the stop-gradient variant
+    is rejected with the reason)."""
+    errors = []
+    if get("meta_grad") in ("stop_gradient", "fomaml"):
+        errors.append(
+            f"{where}meta_grad: {get('meta_grad')!r} is rejected: stopping the gradient "
+            "through the inner step makes L_out(θ') independent of the embedder, so the meta "
+            "term is identically zero; use exact, first_order (finite differences) or taylor"
+        )
+    elif get("meta_grad") not in META_GRADS:
+        errors.append(f"{where}meta_grad: {get('meta_grad')!r} not in exact|first_order|taylor")
+    if get("inner_rule") not in INNER_RULES:
+        errors.append(f"{where}inner_rule: {get('inner_rule')!r} not in {INNER_RULES}")
+    return errors
+
+
+METHOD = Method(
+    name="mona",
+    stage_kinds={"mona": mona_stage},
+    defaults=STAGE_DEFAULTS,
+    ranges=(
+        ("inner_lr", 0.0, None, False),
+        ("inner_steps", 1, None, True),
+        ("meta_lambda", 0.0, None, True),
+        ("fd_epsilon", 0.0, None, False),
+        ("uniformity_t", 0.0, None, False),
+    ),
+    check=check_stage,
+)

@@ -29,7 +29,7 @@ import numpy as np
 
 from xmodal_jax import losses
 from xmodal_jax.data import pipeline
-from xmodal_jax.methods.base import Context, Stage
+from xmodal_jax.methods.base import Context, Method, Stage
 from xmodal_jax.models import crossmodal
 from xmodal_jax.models.heads import masked_mean
 
@@ -409,3 +409,41 @@ def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         evaluate=bool(cfg.get("evaluate", True)),
         uses_step=True,
     )
+
+
+# PaRe's stage keys.
+STAGE_DEFAULTS = dict(
+    # PaRe (kind="pare", spec/pare.md): k(epoch) = int(pare_begin − pare_end·ep/E) for
+    # 2d/dense, int(pare_seq_num·(1 − ep/E)) for 1d (seq_num 0 = pare_max_fraction · N_t);
+    # relaxed Gumbel top-k for pare_phase_a_epochs, then hard top-k. −1 = the family default
+    # (phase A 10/10/5 epochs, mixed-loss weight 1/0.3/0.1 for 2d/dense/1d).
+    pare_family="auto",  # auto | 2d | dense | 1d
+    pare_begin=2000,
+    pare_end=1500,
+    pare_seq_num=0,
+    # begin/end are k's for this many target tokens (3136 = Swin's 56×56 grid); k is scaled by
+    # N_t / pare_reference_tokens, so the spec's 2D schedule carries to other grids. 0 = as is.
+    pare_reference_tokens=0,
+    pare_phase_a_epochs=-1,
+    pare_phase_a_fraction=0.0,  # > 0: phase A is this share of the stage's epochs instead
+    # k never exceeds this share of the target tokens (2000/3136, the spec's easy end; 1.0 =
+    # the reference's clamp to N_t, which replaces every token of a short 1D input).
+    pare_max_fraction=2000 / 3136,
+    pare_mix_weight=-1.0,
+    pare_tau=0.9,
+    pare_gumbel_on="prob",  # prob (as the reference) | logit (proper Gumbel-top-k)
+    pare_pairing="position",  # phase A pairing: position (reference) | rank (by gate score)
+)
+
+METHOD = Method(
+    name="pare",
+    stage_kinds={"pare": pare_stage},
+    defaults=STAGE_DEFAULTS,
+    ranges=(
+        ("pare_tau", 0.0, None, False),
+        ("pare_max_fraction", 0.0, None, False),
+        ("pare_phase_a_fraction", 0.0, 1.0, True),
+    ),
+    groups=GROUPS,
+    param_inits={"pare": init_params},
+)

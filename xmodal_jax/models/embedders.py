@@ -80,8 +80,9 @@ class Embed1DOptions:
     """How :class:`Embed1D` makes a token (``config.embedder``; module docstring for the kinds).
 
     ``overlap`` (``patch`` only): each token reads a centred window of ``overlap·s`` samples
-    (PatchTST-style overlapping patches; 1 = disjoint; 0 = auto, which is 2 for ``patch``). ``hidden`` > 0 puts a small value MLP
-    (projection to ``hidden`` → GELU → Linear to the body width) before the norm. ``auto`` norm
+    (PatchTST-style overlapping patches; 1 = disjoint; 0 = auto, which is 2 for ``patch``).
+    ``hidden`` > 0 puts a small value MLP (projection to ``hidden`` → GELU → Linear to the body
+    width) before the norm. ``auto`` norm
     resolves to ``post`` when a token reads at least ``min_norm_values`` input values (C·window),
     else ``none``.
     """
