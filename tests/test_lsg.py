@@ -227,7 +227,7 @@ def test_lsg_loss_gradients():
     # L_r = 0 when h ∝ g: feed g back as h (g is recomputed from h, so take a fixed point-free
     # check: reg with h replaced by 3·g computed on the same graph must vanish against that g).
     n = len(text.x)
-    g = lsg.gnn.gcn_apply(params, lsg.augmented_graph(text, labels), jnp.concatenate([text.x, h]))
+    g = gnn.gcn_apply(params, lsg.augmented_graph(text, labels), jnp.concatenate([text.x, h]))
     g = g[0][n:]
     unit = lambda v: v / jnp.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
     np.testing.assert_allclose(jnp.linalg.norm(unit(3.0 * g) - unit(g), axis=1), 0.0, atol=1e-6)

@@ -124,7 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
             val_size=0.1,
             min_val=0,
             # k-fold validation for small sets: folds ≥ 2 trains one model per fold (fold i of
-            # train validates it) and reports their ensemble on test (train_lib.train_folds).
+            # train validates it) and reports their ensemble on test (train.loop.train_folds).
             folds=0,
             fold=-1,
             prefetch=2,

@@ -13,7 +13,7 @@ METHODS: tuple[Method, ...] = (finetune.METHOD, mona.METHOD, pare.METHOD, lsg.ME
 STAGE_KINDS = {kind: build for m in METHODS for kind, build in m.stage_kinds.items()}
 
 # Stage kind → init(name, stage_cfg, ctx, rng) → {group: params} of the parameter groups the
-# method adds next to the model's (built once at set-up; see train_lib.method_params).
+# method adds next to the model's (built once at set-up; see train.setup.method_params).
 PARAM_INITS = {kind: init for m in METHODS for kind, init in m.param_inits.items()}
 
 

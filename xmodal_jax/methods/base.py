@@ -2,8 +2,8 @@
 keys, parameter groups and checks) and, per stage, a :class:`Stage` (loss or grad function + its
 data).
 
-``train_lib`` owns the loop, optimizers, sharding and checkpoints; a method only says what one
-step computes, which parameter groups it trains and which arrays its batches are drawn from.
+``xmodal_jax.train`` owns the loop, optimizers, sharding and checkpoints; a method only says what
+one step computes, which parameter groups it trains and which arrays its batches are drawn from.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class Method:
     carries them, so a config is one flat, typed dict per stage); ``ranges`` bound its numeric
     keys; ``groups`` are the parameter groups it owns next to the model's, built by
     ``param_inits[kind](name, stage_cfg, ctx, rng)``; ``check`` reports cross-key problems.
-    ``config_lib`` and ``train_lib`` read methods only through these records
+    ``config_lib`` and the trainer read methods only through these records
     (:data:`xmodal_jax.methods.METHODS`), so adding a method is one module and one line.
     """
 
