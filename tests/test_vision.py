@@ -14,7 +14,7 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from xmodal_jax.models import vision
+from xmodal_jax.models import swin, vit
 from xmodal_jax.models.pretrained import load_pretrained
 from xmodal_jax.models.weights import WeightLoadError
 
@@ -258,18 +258,18 @@ def test_swin_config_errors_name_fields(swin_a, tmp_path):
 
 
 def test_config_defaults_are_base_models_and_validate():
-    vit = nnx.eval_shape(lambda: vision.ViTModel(vision.ViTConfig(), nnx.Rngs(0)))
-    assert (vit.token_dim, vit.output_dim, vit.cfg.grid) == (768, 768, (14, 14))
-    assert vit.embeddings.position.shape == (1, 197, 768)
-    swin = nnx.eval_shape(lambda: vision.SwinModel(vision.SwinConfig(), nnx.Rngs(0)))
-    assert (swin.token_dim, swin.output_dim, swin.cfg.grid) == (128, 1024, (56, 56))
+    v = nnx.eval_shape(lambda: vit.ViTModel(vit.ViTConfig(), nnx.Rngs(0)))
+    assert (v.token_dim, v.output_dim, v.cfg.grid) == (768, 768, (14, 14))
+    assert v.embeddings.position.shape == (1, 197, 768)
+    s = nnx.eval_shape(lambda: swin.SwinModel(swin.SwinConfig(), nnx.Rngs(0)))
+    assert (s.token_dim, s.output_dim, s.cfg.grid) == (128, 1024, (56, 56))
     with pytest.raises(ValueError, match="hidden_size=30 is not divisible by num_heads"):
-        vision.ViTConfig(hidden_size=30)
+        vit.ViTConfig(hidden_size=30)
     with pytest.raises(ValueError, match="image_size=.* is smaller than patch_size=16"):
-        vision.ViTConfig(image_size=8)
+        vit.ViTConfig(image_size=8)
     with pytest.raises(ValueError, match=r"num_heads=\(4, 8\) must have one entry per stage"):
-        vision.SwinConfig(depths=(2, 2, 2), num_heads=(4, 8))
+        swin.SwinConfig(depths=(2, 2, 2), num_heads=(4, 8))
     with pytest.raises(ValueError, match="window_size must be a positive int"):
-        vision.SwinConfig(window_size=0)
+        swin.SwinConfig(window_size=0)
     with pytest.raises(ValueError, match="hidden_act='tanh' is not supported"):
-        vision.SwinConfig(hidden_act="tanh")
+        swin.SwinConfig(hidden_act="tanh")

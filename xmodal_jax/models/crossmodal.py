@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xmodal_jax.models import embedders, heads, layers, resnet
+from xmodal_jax.models import embedders, heads, layers, resnet, swin
 from xmodal_jax.models.pretrained import Pretrained, split
 
 Array = jax.Array
@@ -172,13 +172,6 @@ class CrossModalModel(nnx.Module):
         return self.encode_frame(self.source_tokens(**inputs), attention_mask)
 
 
-def _swin_output_grid(depths: tuple[int, ...], grid: tuple[int, int]) -> tuple[int, int]:
-    h, w = grid
-    for _ in range(len(depths) - 1):
-        h, w = (h + 1) // 2, (w + 1) // 2
-    return h, w
-
-
 def _pair(v: Any) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -284,7 +277,7 @@ def build_crossmodal(
             head = heads.Dense1DHead(task.num_outputs, embedder.stride, task.input_shape[1])
         else:
             grid = (
-                _swin_output_grid(tuple(cfg.depths), embedder.grid)
+                swin.output_grid(tuple(cfg.depths), embedder.grid)
                 if kind == "swin"
                 else embedder.grid
             )

@@ -2,7 +2,8 @@
 
 A folder needs ``config.json`` and ``*.safetensors`` (and tokenizer files for text models). The
 architecture is chosen by ``config.json``'s ``model_type``; each architecture's key-mapping table
-lives next to its model (``text.py``, ``vision.py``). Nothing is ever downloaded.
+lives next to its model (``text.py``, ``vit.py``, ``swin.py``, ``resnet.py``). Nothing is ever
+downloaded.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "roberta": _TEXT,
     "xlm-roberta": _TEXT,
     "vit": Architecture(
-        "xmodal_jax.models.vision",
+        "xmodal_jax.models.vit",
         "ViTConfig",
         "ViTModel",
         "VIT_HF_RULES",
@@ -73,7 +74,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         "vision",
     ),
     "swin": Architecture(
-        "xmodal_jax.models.vision",
+        "xmodal_jax.models.swin",
         "SwinConfig",
         "SwinModel",
         "SWIN_HF_RULES",
