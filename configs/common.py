@@ -145,3 +145,27 @@ def offline_recipe(
     )
     order.append("finetune")
     config.stage_order = ",".join(order)
+
+
+def small_table_or_series(config, a, *, val_size: float):
+    """The shared tail of ``configs/tabular.py`` and ``configs/ucr.py``: embedder kind, data
+    (validation of ≥ 20 examples), the offline recipe for ``a.method`` at ``a``'s budget,
+    evaluation and logging every 20 steps, a resumable checkpoint every 200; locks the config."""
+    config.embedder.kind = a.embedder
+    config.data.update(
+        dict(batch_size=a.batch, eval_batch_size=64, val_size=val_size, min_val=20, prefetch=2)
+    )
+    offline_recipe(
+        config,
+        a.method,
+        epochs=a.epochs,
+        min_steps=a.min_steps,
+        patience=a.patience,
+        align_steps=a.align_steps,
+        lr=1e-4,
+    )
+    config.eval_every = 20
+    config.checkpoint.every_steps = 200
+    config.log_every = 20
+    config.lock()
+    return config

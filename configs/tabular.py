@@ -13,7 +13,7 @@ per-feature tokenizer for tables | ``orca`` | ``patch`` | ``feature``).
 
 from __future__ import annotations
 
-from configs.common import offline_recipe, parse_arg
+from configs.common import parse_arg, small_table_or_series
 from xmodal_jax import config_lib
 
 
@@ -40,21 +40,4 @@ def get_config(arg: str | None = None):
     c.task.update(
         dict(name="tabular", dataset=a.name, file=a.file, target=a.target, target_seq_len=512)
     )
-    c.embedder.kind = a.embedder
-    c.data.update(
-        dict(batch_size=a.batch, eval_batch_size=64, val_size=0.15, min_val=20, prefetch=2)
-    )
-    offline_recipe(
-        c,
-        a.method,
-        epochs=a.epochs,
-        min_steps=a.min_steps,
-        patience=a.patience,
-        align_steps=a.align_steps,
-        lr=1e-4,
-    )
-    c.eval_every = 20
-    c.checkpoint.every_steps = 200
-    c.log_every = 20
-    c.lock()
-    return c
+    return small_table_or_series(c, a, val_size=0.15)

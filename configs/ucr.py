@@ -13,7 +13,7 @@ evaluations every 20 steps), ``batch``, ``seed``, ``align_steps``, ``embedder`` 
 
 from __future__ import annotations
 
-from configs.common import offline_recipe, parse_arg
+from configs.common import parse_arg, small_table_or_series
 from xmodal_jax import config_lib
 
 
@@ -37,21 +37,4 @@ def get_config(arg: str | None = None):
     c.seed = a.seed
     c.body.path = a.body
     c.task.update(dict(name="ucr", dataset=a.name, target_seq_len=a.tsl))
-    c.embedder.kind = a.embedder
-    c.data.update(
-        dict(batch_size=a.batch, eval_batch_size=64, val_size=0.2, min_val=20, prefetch=2)
-    )
-    offline_recipe(
-        c,
-        a.method,
-        epochs=a.epochs,
-        min_steps=a.min_steps,
-        patience=a.patience,
-        align_steps=a.align_steps,
-        lr=1e-4,
-    )
-    c.eval_every = 20
-    c.checkpoint.every_steps = 200
-    c.log_every = 20
-    c.lock()
-    return c
+    return small_table_or_series(c, a, val_size=0.2)
