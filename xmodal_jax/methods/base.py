@@ -62,7 +62,7 @@ class Stage:
     datasets: Mapping[str, Mapping[str, np.ndarray]]
     loss_fn: LossFn | None = None
     grad_fn: GradFn | None = None
-    evaluate: bool = True  # run the task evaluation on validation during this stage
+    evaluate: bool = True  # validate during this stage (the trainer sets it from the config)
     # Dataset prefixes drawn class-balanced on their "y" (P classes × Q ≥ 2 per batch), e.g.
     # MoNA's source batches, whose alignment loss needs same-class pairs.
     balanced: tuple[str, ...] = ()

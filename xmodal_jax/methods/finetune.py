@@ -152,8 +152,7 @@ def task_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         name=name,
         trainable=tuple(cfg.trainable),
         datasets={"": ctx.splits["train"]},
-        loss_fn=jax.checkpoint(loss_fn) if cfg.get("remat", False) else loss_fn,
-        evaluate=True,
+        loss_fn=loss_fn,
     )
 
 
@@ -168,7 +167,6 @@ def align_stage(name: str, cfg: Any, ctx: Context) -> Stage:
             tuple(cfg.trainable),
             {"": ctx.splits["train"]},
             loss_fn=task_loss_fn(ctx),
-            evaluate=bool(cfg.get("evaluate", False)),
         )
     if ctx.source_features is None:
         raise ValueError(
@@ -200,7 +198,6 @@ def align_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         tuple(cfg.trainable),
         {"": train, "src_": source},
         loss_fn=loss_fn,
-        evaluate=bool(cfg.get("evaluate", False)),
     )
 
 

@@ -353,7 +353,6 @@ def mona_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         trainable,
         {"": ctx.splits["train"], "src_": source},
         grad_fn=grad_fn,
-        evaluate=bool(cfg.get("evaluate", False)),
         balanced=("src_",),
     )
 

@@ -405,8 +405,7 @@ def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         name,
         tuple(cfg.trainable),
         {"": train, "src_": source},
-        loss_fn=jax.checkpoint(loss_fn) if cfg.get("remat", False) else loss_fn,
-        evaluate=bool(cfg.get("evaluate", True)),
+        loss_fn=loss_fn,
         uses_step=True,
     )
 

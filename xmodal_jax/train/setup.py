@@ -239,6 +239,12 @@ def build_stages(run: Run) -> list[tuple[Stage, Any, int]]:
         resolved = ml_collections.ConfigDict(cfg.to_dict())
         resolved.steps = steps
         stage = methods.STAGE_KINDS[cfg.kind](name, resolved, run.ctx)
+        # What every stage shares is the trainer's, not each builder's: whether it validates
+        # (`evaluate`), and loss-level remat of a loss_fn stage (a grad_fn stage, MoNA's, applies
+        # `remat` to the loss inside its own gradient).
+        stage = dataclasses.replace(stage, evaluate=bool(cfg.evaluate))
+        if stage.loss_fn is not None and cfg.get("remat", False):
+            stage = dataclasses.replace(stage, loss_fn=jax.checkpoint(stage.loss_fn))
         out.append((stage, resolved, steps))
         before += steps
     return out

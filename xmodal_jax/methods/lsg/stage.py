@@ -339,8 +339,7 @@ def lsg_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         name=name,
         trainable=tuple(cfg.trainable),
         datasets=datasets,
-        loss_fn=jax.checkpoint(loss_fn) if cfg.get("remat", False) else loss_fn,
-        evaluate=bool(cfg.get("evaluate", True)),
+        loss_fn=loss_fn,
         uses_step=True,
     )
 
