@@ -93,18 +93,13 @@ def paired(diffs: list[float]) -> dict[str, float]:
     return out
 
 
-def budget_of(cfg) -> str:
-    """The recipe's stages and their step budgets, as the trainer will count them."""
-    from xmodal_jax import config_lib
-
-    parts = []
-    for name in config_lib.stage_names(cfg):
-        st = cfg.stages[name]
-        if st.includes_previous:
-            parts.append(f"{name} rest of {max(st.min_steps, st.steps)}")
-        else:
-            parts.append(f"{name} {st.steps or st.min_steps}")
-    return " + ".join(parts)
+def budget_of(result: dict) -> str:
+    """The stages' step budgets as the trainer resolved them (``results.json``), e.g.
+    ``align 40 + finetune 440 = 480``: every method of a task gets the same total."""
+    stages = result.get("stages", {})
+    parts = [f"{name} {h['budget']}" for name, h in stages.items()]
+    total = sum(h["budget"] for h in stages.values())
+    return " + ".join(parts) + (f" = {total}" if len(parts) > 1 else "")
 
 
 def run_cell(task: str, method: str, seed: int, workdir: str, pde_dir: str) -> dict:
@@ -139,6 +134,7 @@ def baseline_rows(task: str, seeds: list[int], workdir: str, pde_dir: str) -> di
     out = {k: v for k, v in baselines.evaluate(tasks.get(cfg.task), seeds=seeds).items()}
     if cfg.task.name == "ucr" and cfg.task.get("standardize", True):
         raw = cfg.copy_and_resolve_references()
+        raw.unlock()
         raw.task.standardize = False
         for name, r in baselines.evaluate(tasks.get(raw.task), seeds=seeds).items():
             out[f"{name} (raw input)"] = r
@@ -179,14 +175,13 @@ def main() -> None:
                 rows[method] = {"refused": REFUSED[task, method]}
                 continue
             res = [run_cell(task, method, s, args.workdir, pde_dir) for s in seeds]
-            cfg = config_of(task, method, pde_dir)
             values = [r["test_best"] for r in res]
             rows[method] = {
                 "metric": res[0]["metric"],
                 "values": values,
                 "mean": float(np.mean(values)),
                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                "budget": budget_of(cfg),
+                "budget": budget_of(res[0]),
                 "steps_run": [r.get("steps") for r in res],
                 "stopped_by_patience": sum(
                     any(h.get("stopped") == "patience" for h in r.get("stages", {}).values())
