@@ -91,3 +91,11 @@ def cfg_fold(cfg, i):
     out = cfg.copy_and_resolve_references()
     out.data.fold = i
     return out
+
+
+def test_a_prime_length_series_trains_with_the_default_config(tiny_config, tmp_path):
+    # L = 31 > target_seq_len = 8 has no divisor stride: the default pads to stride 4 (8 tokens,
+    # 1 zero) instead of refusing, and the run trains and evaluates.
+    cfg = tiny_config("steps=3", **{"task.length": 31})
+    res = train_lib.train(cfg, str(tmp_path / "prime"), verbose=False)
+    assert res["steps"] == 3 and np.isfinite(res["test_last"])
