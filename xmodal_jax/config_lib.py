@@ -18,8 +18,6 @@ import ml_collections
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
 ACCUM_REDUCE = ("sum", "mean")
-# The model's parameter groups; methods add their own (``methods.base.Method.groups``).
-MODEL_GROUPS = ("embedder", "body", "head", "source_embedder")
 SOURCE_KINDS = ("none", "text", "text_proxy", "cifar10", "voc")
 
 
@@ -48,6 +46,7 @@ TOP_RANGES = (
 def groups() -> tuple[str, ...]:
     """Every parameter group a stage may train: the model's, then each method's."""
     from xmodal_jax import methods
+    from xmodal_jax.models.crossmodal import MODEL_GROUPS
 
     return MODEL_GROUPS + tuple(g for m in methods.METHODS for g in m.groups)
 
