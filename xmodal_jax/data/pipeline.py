@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
-import grain
 import numpy as np
 
 from xmodal_jax import parallel
+
+if TYPE_CHECKING:
+    # Imported by the functions that build Grain datasets: the arithmetic helpers here are used
+    # by training steps that must import without it (bench/device_check.sh).
+    import grain
 
 Arrays = Mapping[str, np.ndarray]
 VALID = "_valid"  # key of the 0/1 row mask in padded (evaluation) batches
@@ -119,6 +124,8 @@ def train_iterator(
     each batch class-balanced on ``arrays["y"]`` instead (with replacement, seeded per step).
     ``cycle`` lets a dataset smaller than the batch repeat within a batch (source streams).
     """
+    import grain
+
     source = (
         _BalancedBatches(arrays, global_batch, seed)
         if balanced
@@ -155,6 +162,8 @@ def eval_batches(arrays: Arrays, global_batch: int) -> Iterator[dict[str, np.nda
         out = {k: v[idx] for k, v in arrays.items()}
         out[VALID] = valid[rows].astype(np.float32)
         return out
+
+    import grain
 
     yield from grain.MapDataset.range(num).map(get)
 

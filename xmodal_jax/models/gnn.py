@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import jraph
 import numpy as np
 
+if TYPE_CHECKING:
+    import jraph
+
+# jraph is imported where a graph is built or read, not at module import: the training step of
+# every non-LSG method imports this package's registry (which names LSG) and must run where only
+# the JAX core is installed (a lent accelerator host, bench/device_check.sh).
 Array = jax.Array
-Graph = jraph.GraphsTuple | Array  # sparse (segment_sum) or dense normalised adjacency
+Graph = Any  # jraph.GraphsTuple (sparse, segment_sum) or a dense normalised adjacency Array
 
 
 @contextlib.contextmanager
@@ -84,6 +90,8 @@ def graph_from_adjacency(
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"graph_from_adjacency: expected a square [N, N] matrix, got {a.shape}")
     receivers, senders = np.nonzero(a)
+    import jraph
+
     coeffs = symmetric_normalize(senders, receivers, a[receivers, senders], a.shape[0])
     return jraph.GraphsTuple(
         nodes=nodes,
@@ -98,6 +106,8 @@ def graph_from_adjacency(
 
 def propagate(graph: Graph, x: Array) -> Array:
     """``Â · x``: weighted message passing (segment_sum) on a GraphsTuple, or a dense matmul."""
+    import jraph
+
     if isinstance(graph, jraph.GraphsTuple):
         messages = graph.edges[:, None].astype(x.dtype) * x[graph.senders]
         return jax.ops.segment_sum(messages, graph.receivers, num_segments=x.shape[0])

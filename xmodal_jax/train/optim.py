@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax
 import jax
@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import optax
 
 from xmodal_jax import parallel
-from xmodal_jax.train.setup import Run
+
+if TYPE_CHECKING:  # the step and optimizer import without the data pipeline set-up pulls in
+    from xmodal_jax.train.setup import Run
 
 
 @flax.struct.dataclass

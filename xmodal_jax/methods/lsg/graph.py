@@ -8,12 +8,15 @@ import dataclasses
 import functools
 import os
 import time
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
-import jraph
 import numpy as np
 import optax
+
+if TYPE_CHECKING:  # imported where a graph is built (see models/gnn.py)
+    import jraph
 
 from xmodal_jax.models import gnn
 
@@ -122,6 +125,8 @@ def augmented_graph(text: TextGraph, labels: Array) -> jraph.GraphsTuple:
     degree = jnp.concatenate([jnp.asarray(text.degree) + jnp.repeat(attached, k), k + same.sum(1)])
     inv = jax.lax.rsqrt(degree)
     coeffs = weights * inv[senders] * inv[receivers]
+    import jraph
+
     return jraph.GraphsTuple(
         nodes=None,
         edges=coeffs,
