@@ -9,7 +9,7 @@ the same size (``input_ids`` / ``attention_mask`` ``[B, 8]`` int32 and 4-class l
   ``finetune.task_loss_fn`` stage (embedder + body + head, AdamW lr 1e-4), jitted with the state
   donated and rebound every step, as ``train_lib.train`` runs it.
 - **MoNA meta-steps**: ``methods.mona.meta_grad`` (inner lr α = 1e-4, λ = 0.4, t = 2, one inner
-  step) followed by an Adam update of the trainable groups (embedder + head; the body and the
+  step with the stage's default rule, ``inner_rule="rms"``: Adam-sized) followed by an Adam update of the trainable groups (embedder + head; the body and the
   frozen source embedder are a fixed argument), jitted with (trainable, optimiser state) donated
   and rebound. Variants: ``mode="exact"`` (reverse-over-reverse), ``"first_order"`` (DARTS finite
   difference), ``"taylor"``; ``exact+remat`` (the loss function given to ``meta_grad`` wrapped in
@@ -69,6 +69,7 @@ NUM_CLASSES = 10
 SHAPE = (8, 8)
 LR = 1e-4
 ALPHA, LAM, T = 1e-4, 0.4, 2.0  # the mona stage defaults (config_lib.stage_defaults)
+RULE = mona.STAGE_DEFAULTS["inner_rule"]  # the trainer's inner step (RMS-normalised by default)
 WARMUP_STEPS = 2
 MiB = 2**20
 TIME_GOALS = {"exact": 4.0}
@@ -182,7 +183,7 @@ def meta_runner(
     params = copy_tree(params)
     trainable = copy_tree({g: params[g] for g in mona.META_GROUPS})
     opt_state = jax.jit(tx.init)(trainable)
-    kw = dict(graphdef=graphdef, loss_fn=loss_fn, alpha=ALPHA, lam=LAM, t=T, mask=mask)
+    kw = dict(graphdef=graphdef, loss_fn=loss_fn, alpha=ALPHA, lam=LAM, t=T, mask=mask, rule=RULE)
 
     def fn(trainable, opt_state, params, target, source, rng):
         value, aux, grads = mona.meta_grad(trainable, params, target, source, rng, mode=mode, **kw)
@@ -247,6 +248,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16, help="target and source batch size")
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians)")
+    p.add_argument(
+        "--variants", default="", help="comma-separated subset of the variant names (default all)"
+    )
     return p.parse_args(argv)
 
 
@@ -284,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"{args.steps} steps × {args.rounds} alternating rounds, medians; time ratio = median of "
-        f"paired (variant ms / plain ms); α={ALPHA:g} λ={LAM:g} t={T:g}, one inner step\n",
+        f"paired (variant ms / plain ms); α={ALPHA:g} λ={LAM:g} t={T:g}, one {RULE} inner step\n",
         flush=True,
     )
 
@@ -303,6 +307,12 @@ def main(argv: list[str] | None = None) -> None:
         ("exact layers/5/", dict(mode="exact", mask=mona.inner_mask(body, r"layers/5/"))),
         ("exact norm", dict(mode="exact", mask=mona.inner_mask(body, r"norm"))),
     ]
+    if args.variants:
+        keep = {v.strip() for v in args.variants.split(",")}
+        unknown = keep - {name for name, _ in specs}
+        if unknown:
+            raise SystemExit(f"--variants: unknown {sorted(unknown)}; have {[n for n, _ in specs]}")
+        specs = [(name, kw) for name, kw in specs if name in keep]
     plain = plain_runner(graphdef, params, loss_fn, target)
     variants = [
         meta_runner(
