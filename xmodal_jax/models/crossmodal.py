@@ -17,58 +17,13 @@ from flax import nnx
 
 from xmodal_jax.models import embedders, heads, layers, resnet, swin
 from xmodal_jax.models.pretrained import Pretrained, split
+from xmodal_jax.spec import OUTPUT_KINDS, TaskSpec  # noqa: F401  (OUTPUT_KINDS: re-exported)
 
 Array = jax.Array
 
-OUTPUT_KINDS = ("classification", "multilabel", "regression", "dense")
 # The groups of a CrossModalModel's params. A method may add its own groups next to them (PaRe's
 # gate, LSG's projection: see methods.PARAM_INITS); `apply` passes only these to the model.
 MODEL_GROUPS = ("embedder", "body", "head", "source_embedder")
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskSpec:
-    """What the model must map: per-example input shape → output kind and size.
-
-    ``input_shape`` is ``(C, L)`` for 1D signals, ``(C, H, W)`` for 2D fields/images/spectrograms
-    (channels first, as the tasks store them) or ``(T, C, H, W)`` for videos of ``T`` frames (each
-    frame goes through the image path; pooled outputs only). ``output`` is one of
-    :data:`OUTPUT_KINDS`; ``num_outputs`` is the number of classes / labels / regression targets,
-    or the output channels for ``dense``, whose spatial size equals the input's unless
-    ``output_hw`` says otherwise (2D only). ``tabular``: the ``L`` positions of a ``(1, L)`` input
-    are the columns of a table (no shared scale, order or locality), which picks the per-feature
-    tokenizer under ``embedder.kind="auto"`` (:class:`~xmodal_jax.models.embedders.Embed1DOptions`).
-    """
-
-    input_shape: tuple[int, ...]
-    output: str
-    num_outputs: int
-    target_seq_len: int = 512
-    output_hw: tuple[int, int] | None = None
-    tabular: bool = False
-
-    def __post_init__(self):
-        if len(self.input_shape) not in (2, 3, 4) or any(d < 1 for d in self.input_shape):
-            raise ValueError(
-                f"TaskSpec.input_shape must be (C, L), (C, H, W) or (T, C, H, W) of positive "
-                f"ints, got {self.input_shape}"
-            )
-        if len(self.input_shape) == 4 and self.output == "dense":
-            raise ValueError("video tasks (T, C, H, W) support pooled outputs only, not 'dense'")
-        if self.output not in OUTPUT_KINDS:
-            raise ValueError(f"TaskSpec.output={self.output!r}; expected one of {OUTPUT_KINDS}")
-        if self.num_outputs < 1:
-            raise ValueError(f"TaskSpec.num_outputs must be ≥ 1, got {self.num_outputs}")
-
-    @property
-    def is_1d(self) -> bool:
-        """Whether inputs are ``[C, L]`` signals."""
-        return len(self.input_shape) == 2
-
-    @property
-    def is_video(self) -> bool:
-        """Whether inputs are ``[T, C, H, W]`` frame sequences."""
-        return len(self.input_shape) == 4
 
 
 class CrossModalModel(nnx.Module):

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from xmodal_jax.data.formats import check_token_ids
 from xmodal_jax.models import layers, weights
 from xmodal_jax.models.weights import WeightLoadError
 
@@ -210,18 +211,6 @@ class Pretrained:
             return AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         except Exception as e:
             raise WeightLoadError(f"{self.path}: cannot load the tokenizer files: {e}") from e
-
-
-def check_token_ids(ids: np.ndarray, vocab_size: int, where: str) -> np.ndarray:
-    """Token ids in ``[0, vocab_size)``; otherwise a ValueError naming the bad id and where."""
-    ids = np.asarray(ids)
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-        bad = ids[(ids < 0) | (ids >= vocab_size)]
-        raise ValueError(
-            f"{where}: token id {int(bad.flat[0])} is outside the vocabulary [0, {vocab_size}) "
-            f"({bad.size} such ids); was the text tokenised with another model's tokenizer?"
-        )
-    return ids
 
 
 def load_pretrained(path: str | None = None, *, dtype: Any = jnp.float32) -> Pretrained:

@@ -16,6 +16,7 @@ from xmodal_jax import config_lib, methods, parallel
 from xmodal_jax.data import formats, pipeline, sources, tasks
 from xmodal_jax.methods.base import Context, Stage
 from xmodal_jax.models import crossmodal, embedders, layers
+from xmodal_jax.models import source as source_path
 from xmodal_jax.models.pretrained import Pretrained, load_pretrained
 
 # --- set-up ---------------------------------------------------------------------------------------
@@ -148,7 +149,8 @@ def setup(config: ml_collections.ConfigDict, *, eval_only: bool = False) -> Run:
         ctx = dataclasses.replace(ctx, decode=target_decoder(task, splits))
         return Run(config, mesh, task, splits, pretrained, graphdef, params, shardings, ctx)
     # Source data for alignment objectives.
-    source, feats = sources.load(config.source, pretrained, seed=int(config.seed))
+    source = sources.load(config.source, pretrained, seed=int(config.seed))
+    feats = None if source is None else source_path.embed_source(pretrained, source)
     ctx = Context(
         graphdef, task, pretrained, splits, source, feats, config, target_decoder(task, splits)
     )
