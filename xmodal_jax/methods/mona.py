@@ -28,7 +28,7 @@ from flax import traverse_util
 from xmodal_jax.methods.base import Context, Method, Stage
 from xmodal_jax.methods.finetune import task_loss_fn
 from xmodal_jax.models.crossmodal import apply
-from xmodal_jax.models.heads import masked_mean
+from xmodal_jax.models.source import SOURCE_KEYS
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -144,26 +144,9 @@ def alignment_uniformity(z: Array, labels: Array, t: float = 2.0) -> tuple[Array
 
 
 def source_features(graphdef: Any, params: Params, source: dict) -> Array:
-    """Mean-pooled body features of a source batch through the frozen source embedder.
-
-    ``source`` holds ``input_ids``/``attention_mask`` (text), ``pixel_values`` (vision), or
-    precomputed ``tokens`` (ORCA's text proxy, fed straight to the body).
-    """
-    if "tokens" in source:
-        feats = apply(graphdef, params, source["tokens"], method="encode")
-        return masked_mean(feats, None)
-    if "input_ids" in source:
-        mask = source["attention_mask"]
-        feats = apply(
-            graphdef,
-            params,
-            method="source_features",
-            input_ids=source["input_ids"],
-            attention_mask=mask,
-        )
-        return masked_mean(feats, mask)
-    feats = apply(graphdef, params, method="source_features", pixel_values=source["pixel_values"])
-    return masked_mean(feats, None)
+    """Mean-pooled body features of a source batch through the frozen source embedder
+    (``CrossModalModel.pooled_source_features``: token ids, images or precomputed tokens)."""
+    return apply(graphdef, params, source, method="pooled_source_features")
 
 
 def outer_loss(graphdef: Any, params: Params, source: dict, t: float = 2.0) -> Array:
@@ -310,11 +293,7 @@ def mona_stage(name: str, cfg: Any, ctx: Context) -> Stage:
     steps = int(cfg.inner_steps)
     if mode != "exact" and steps != 1:
         raise ValueError(f"stages.{name}: meta_grad={mode!r} is defined for inner_steps=1 only")
-    source = {
-        k: v
-        for k, v in ctx.source.items()
-        if k in ("input_ids", "attention_mask", "pixel_values", "tokens", "y")
-    }
+    source = {k: v for k, v in ctx.source.items() if k in (*SOURCE_KEYS, "y")}
     kw = dict(
         graphdef=ctx.graphdef,
         loss_fn=loss_fn,

@@ -9,6 +9,7 @@ kept separate so that the source modality can be embedded (and is never trained 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xmodal_jax.models import embedders, heads, layers, resnet, swin
+from xmodal_jax.models import source as source_lib
 from xmodal_jax.models.pretrained import Pretrained, split
 from xmodal_jax.spec import OUTPUT_KINDS, TaskSpec  # noqa: F401  (OUTPUT_KINDS: re-exported)
 
@@ -108,23 +110,46 @@ class CrossModalModel(nnx.Module):
         """Target inputs → task outputs (logits, regression values or dense fields)."""
         return self.outputs(self.features(x))
 
-    def source_tokens(self, **inputs: Array) -> Array:
-        """Source inputs (HF names) → tokens of the frozen source embedder (input layer only).
+    @property
+    def special_tokens(self) -> int:
+        """Leading target tokens that carry no input (ViT's class token): the pooled head skips
+        them and PaRe never mixes them. The target embedder's, as it is the one adding them."""
+        return int(getattr(self.embedder, "special_tokens", 0))
 
-        Source images are resized to the target embedder's image size first (CIFAR-10's 32 px →
-        224 for Swin-B, as the reference does; a ResNet's task resolution), so they land on the
-        token grid the body expects; float inputs take the compute dtype.
+    def pooled_features(self, tokens: Array) -> Array:
+        """Body output tokens → the ``[B, D]`` vector the head's classifier reads (its ``pool``)."""
+        if not hasattr(self.head, "pool"):
+            raise ValueError(
+                f"pooled features need a pooled classification head (one with a `pool` method); "
+                f"the model has {type(self.head).__name__}"
+            )
+        return self.head.pool(tokens)
+
+    def source_tokens(self, source: Mapping[str, Array] | None = None, **inputs: Array) -> Array:
+        """A source batch (HF names; a dict, keywords or both) → frozen source-embedder tokens.
+
+        Precomputed ``tokens`` pass through; source images are resized to the target embedder's
+        image size first (CIFAR-10's 32 px → 224 for Swin-B, as the reference does; a ResNet's
+        task resolution), so they land on the token grid the body expects; float inputs take the
+        compute dtype. The switch over source kinds is :func:`source.input_tokens`.
         """
-        if "pixel_values" in inputs:
-            px, hw = self._in(inputs["pixel_values"]), getattr(self.embedder, "image_size", None)
-            if hw is not None:
-                px = embedders.resize_bilinear(px, hw)
-            inputs = {**inputs, "pixel_values": px}
-        return self.source_embedder(**inputs)
+        source = {**(source or {}), **inputs}
+        hw = getattr(self.embedder, "image_size", None)
+        return source_lib.input_tokens(self.source_embedder, source, image_size=hw, cast=self._in)
 
-    def source_features(self, attention_mask: Array | None = None, **inputs: Array) -> Array:
-        """Source inputs (HF names) → body output tokens through the frozen source embedder."""
-        return self.encode_frame(self.source_tokens(**inputs), attention_mask)
+    def source_features(self, source: Mapping[str, Array] | None = None, **inputs: Array) -> Array:
+        """A source batch → body output tokens through the frozen source embedder (text padding
+        masked by its ``attention_mask``)."""
+        source = {**(source or {}), **inputs}
+        return self.encode_frame(self.source_tokens(source), source.get("attention_mask"))
+
+    def pooled_source_features(
+        self, source: Mapping[str, Array] | None = None, **inputs: Array
+    ) -> Array:
+        """A source batch → ``[B, D]`` mean body features, padding excluded (MoNA's outer loss,
+        the source diagnostics)."""
+        source = {**(source or {}), **inputs}
+        return source_lib.pool(self.source_features(source), source)
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -222,8 +247,7 @@ def build_crossmodal(
         )
         if is_swin:
             body_kwargs["grid_hw"] = embedder.grid
-        else:
-            skip = 1
+        skip = embedder.special_tokens
     if init_embedder_from_body:
         embedders.init_from_body(embedder, full.embeddings)
 
@@ -336,7 +360,8 @@ def apply(graphdef: nnx.GraphDef, params: dict, *args: Any, method: str = "__cal
     """Pure forward: merges ``params`` into ``graphdef`` and calls ``method`` (jit/grad-safe).
 
     ``apply(g, p, x)`` gives task outputs; ``method="features"`` the body tokens;
-    ``method="source_features", input_ids=...`` the source path. Method groups in ``params``
+    ``method="source_features", input_ids=...`` the source path (``"pooled_source_features"``
+    its mean). Method groups in ``params``
     (PaRe's gate, LSG's projection) ride along unused.
     """
     return getattr(merge(graphdef, params), method)(*args, **kw)
