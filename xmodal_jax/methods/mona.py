@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from xmodal_jax import paths
 from xmodal_jax.methods.base import Context, Method, Stage
 from xmodal_jax.methods.finetune import task_loss_fn
 from xmodal_jax.models.crossmodal import apply
@@ -37,12 +38,10 @@ META_GROUPS = ("embedder", "head")  # what the meta-step trains; θ stays fixed 
 
 
 def inner_mask(body: Params, pattern: str) -> Params:
-    """1.0 for body leaves whose ``/``-joined path matches ``pattern`` (the inner-step subset)."""
+    """1.0 for body leaves whose path below the body (``layers/1/…``, :mod:`xmodal_jax.paths`)
+    ``pattern`` searches: the inner-step subset."""
     rx = re.compile(pattern)
-    flat = traverse_util.flatten_dict(body)
-    return traverse_util.unflatten_dict(
-        {k: 1.0 if rx.search("/".join(map(str, k))) else 0.0 for k in flat}
-    )
+    return paths.map_paths(lambda p, _: 1.0 if paths.matches(rx, p, "search") else 0.0, body)
 
 
 INNER_RULES = ("rms", "sgd")
@@ -362,7 +361,8 @@ def source_retention(features: Any, labels: Any, seed: int = 0) -> dict[str, flo
 # MoNA's stage keys (spec/mona.md).
 STAGE_DEFAULTS = dict(
     # MoNA (kind="mona"): θ' = θ − inner_lr·∇θ L_in, inner_steps times, on the body leaves
-    # matching inner_params; J = L_in + meta_lambda·(align + uniformity(t)).
+    # whose path below the body (xmodal_jax.paths) inner_params searches; J = L_in +
+    # meta_lambda·(align + uniformity(t)).
     inner_lr=1e-4,
     # rms: per-leaf step α/RMS(∇θ), the size of an Adam step at lr α (the fine-tuning it
     # simulates); sgd: θ − α∇θ as the spec writes it (≈10³× smaller on a BERT body).

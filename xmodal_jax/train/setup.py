@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from xmodal_jax import config_lib, methods, parallel
+from xmodal_jax import config_lib, methods, parallel, paths
 from xmodal_jax.data import formats, pipeline, sources, tasks
 from xmodal_jax.methods.base import Context, Stage
 from xmodal_jax.models import crossmodal, embedders, layers
@@ -190,19 +190,13 @@ def method_params(
     return jax.jit(init, out_shardings=shardings)(), shardings
 
 
-def _param_paths(params: dict) -> list[str]:
-    return [
-        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
-    ]
-
-
 def _check_freeze(name: str, cfg: Any, params: dict) -> None:
     """A ``freeze`` regex must match a leaf of a trainable group: a typo must not silently
     train everything."""
     rx = re.compile(cfg.freeze)
-    trainable = [p for p in _param_paths(params) if p.split("/", 1)[0] in tuple(cfg.trainable)]
-    if not any(rx.search(p) for p in trainable):
+    groups = tuple(cfg.trainable)
+    trainable = [p for p in paths.leaf_paths(params) if p.split("/", 1)[0] in groups]
+    if not any(paths.matches(rx, p, "search") for p in trainable):
         raise ValueError(
             f"stages.{name}.freeze={cfg.freeze!r} matches no parameter of the trainable groups "
             f"{list(cfg.trainable)}; paths look like {trainable[:3]}"
