@@ -213,17 +213,23 @@ class Pretrained:
             raise WeightLoadError(f"{self.path}: cannot load the tokenizer files: {e}") from e
 
 
-def load_pretrained(path: str | None = None, *, dtype: Any = jnp.float32) -> Pretrained:
+def load_pretrained(
+    path: str | None = None, *, dtype: Any = jnp.float32, abstract: bool = False
+) -> Pretrained:
     """Loads a local HF folder (``None`` = the shipped MiniLM-L6) into a :class:`Pretrained`.
 
     Reads ``config.json`` (``model_type`` picks BERT/RoBERTa/ViT/Swin), builds the model abstractly
     (no random init is materialised), maps every safetensors key through the architecture's regex
     table and reports all missing, unexpected or mis-shaped keys in one :class:`WeightLoadError`.
+    ``abstract=True`` reads the architecture only: ``params`` are ``ShapeDtypeStruct``s (enough to
+    build a model's graph and shapes, as ``xmodal-eval`` does before restoring a checkpoint).
     """
     path = os.path.abspath(os.path.expanduser(path if path is not None else default_path()))
     model_type, arch, config = read_config(path)
-    abstract = nnx.eval_shape(lambda: build(arch, config))
-    graphdef, abstract_params = split(abstract)
+    graphdef, abstract_params = split(nnx.eval_shape(lambda: build(arch, config)))
+    if abstract:
+        shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype), abstract_params)
+        return Pretrained(path, model_type, arch.modality, config, graphdef, shapes)
     tensors = weights.read_safetensors(weights.safetensors_files(path))
     if arch.convert is not None:
         tensors = arch.resolve("convert")(tensors)

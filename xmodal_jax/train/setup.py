@@ -99,29 +99,20 @@ def target_decoder(task: tasks.Task, splits: dict):
     return lambda out: out * std + mean
 
 
-def setup(config: ml_collections.ConfigDict, *, eval_only: bool = False) -> Run:
-    """Mesh, data, pretrained body, sharded model init and stage context (no training).
+def build_model(
+    config: ml_collections.ConfigDict,
+    task: tasks.Task,
+    pretrained: Pretrained,
+    mesh: jax.sharding.Mesh,
+    *,
+    abstract: bool = False,
+) -> tuple[Any, dict, Any]:
+    """``(graphdef, params, shardings)`` of the run's model groups, built sharded on ``mesh``.
 
-    ``eval_only``: what evaluating a checkpoint needs and nothing more: ``run.params`` is the
-    abstract model tree (ShapeDtypeStructs with shardings; restore fills it), no source data is
-    read and no method-owned groups (PaRe's gate, LSG's graph) are built.
+    ``abstract``: ``params`` are ``ShapeDtypeStruct``s carrying their shardings (a restore target;
+    nothing is initialised, so ``pretrained`` may be loaded without weights). The graphdef has
+    the configured per-block remat and compute dtype (static attributes; params unaffected).
     """
-    # Mesh.
-    mesh = parallel.make_mesh(
-        int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.get("num_devices", 0))
-    )
-    config_lib.validate(config, num_devices=mesh.size, training=not eval_only)
-    # Input.
-    task = tasks.get(config.task)
-    splits = load_splits(config, task)
-    # Model: pretrained body (or its random re-init), then a sharded jitted build.
-    pretrained = load_pretrained(config.body.path or None)
-    body_params = (
-        pretrained.params
-        if config.body.init == "pretrained"
-        else pretrained.random_params(int(config.seed))
-    )
-    body_params = jax.device_get(body_params)  # host numpy: valid jit input on every process
     emb = embedders.Embed1DOptions(**config.embedder)
     captured = {}
 
@@ -132,28 +123,53 @@ def setup(config: ml_collections.ConfigDict, *, eval_only: bool = False) -> Run:
         captured["graphdef"] = graphdef
         return params
 
-    abstract = jax.eval_shape(init, body_params)
-    shardings = parallel.param_shardings(abstract, mesh, [tuple(r) for r in config.sharding_rules])
-    if eval_only:
+    if abstract:
+        body_params = pretrained.params  # shapes are all the build needs
+    elif config.body.init == "pretrained":
+        body_params = jax.device_get(pretrained.params)  # host numpy: valid jit input anywhere
+    else:
+        body_params = jax.device_get(pretrained.random_params(int(config.seed)))
+    shapes = jax.eval_shape(init, body_params)
+    shardings = parallel.param_shardings(shapes, mesh, [tuple(r) for r in config.sharding_rules])
+    if abstract:
         params = jax.tree.map(
-            lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, shardings
+            lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), shapes, shardings
         )
     else:
         params = jax.jit(init, out_shardings=shardings)(body_params)
-    # Per-block remat is a static attribute of the graphdef; the params are the same either way.
-    graphdef = layers.with_remat(captured["graphdef"], abstract, config.body.get("remat", "none"))
+    graphdef = layers.with_remat(captured["graphdef"], shapes, config.body.get("remat", "none"))
     if config.get("compute_dtype", "float32") != "float32":
-        graphdef = crossmodal.with_compute_dtype(graphdef, abstract, config.compute_dtype)
+        graphdef = crossmodal.with_compute_dtype(graphdef, shapes, config.compute_dtype)
+    return graphdef, params, shardings
+
+
+def setup(config: ml_collections.ConfigDict, *, eval_only: bool = False) -> Run:
+    """Mesh, data, pretrained body, sharded model init and stage context (no training).
+
+    ``eval_only``: what evaluating a checkpoint needs and nothing more: the body's architecture
+    without its weights, ``run.params`` the abstract model tree (ShapeDtypeStructs with
+    shardings; restore fills it); no source data is read and no method-owned groups (PaRe's
+    gate, LSG's graph) are built.
+    """
+    # Mesh.
+    mesh = parallel.make_mesh(
+        int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.get("num_devices", 0))
+    )
+    config_lib.validate(config, num_devices=mesh.size, training=not eval_only)
+    # Input.
+    task = tasks.get(config.task)
+    splits = load_splits(config, task)
+    decode = target_decoder(task, splits)
+    # Model: pretrained body (or its random re-init), then a sharded jitted build.
+    pretrained = load_pretrained(config.body.path or None, abstract=eval_only)
+    graphdef, params, shardings = build_model(config, task, pretrained, mesh, abstract=eval_only)
     if eval_only:
-        ctx = Context(graphdef, task, pretrained, splits, None, None, config)
-        ctx = dataclasses.replace(ctx, decode=target_decoder(task, splits))
+        ctx = Context(graphdef, task, pretrained, splits, None, None, config, decode)
         return Run(config, mesh, task, splits, pretrained, graphdef, params, shardings, ctx)
     # Source data for alignment objectives.
     source = sources.load(config.source, pretrained, seed=int(config.seed))
     feats = None if source is None else source_path.embed_source(pretrained, source)
-    ctx = Context(
-        graphdef, task, pretrained, splits, source, feats, config, target_decoder(task, splits)
-    )
+    ctx = Context(graphdef, task, pretrained, splits, source, feats, config, decode)
     extra, extra_shardings = method_params(config, ctx, mesh)
     params, shardings = {**params, **extra}, {**shardings, **extra_shardings}
     return Run(config, mesh, task, splits, pretrained, graphdef, params, shardings, ctx)
