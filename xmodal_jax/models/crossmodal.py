@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xmodal_jax.models import embedders, heads, layers, resnet, swin
+from xmodal_jax.models import embedders, heads, layers
 from xmodal_jax.models import source as source_lib
 from xmodal_jax.models.pretrained import Pretrained, split
 from xmodal_jax.spec import OUTPUT_KINDS, TaskSpec  # noqa: F401  (OUTPUT_KINDS: re-exported)
@@ -114,7 +114,7 @@ class CrossModalModel(nnx.Module):
     def special_tokens(self) -> int:
         """Leading target tokens that carry no input (ViT's class token): the pooled head skips
         them and PaRe never mixes them. The target embedder's, as it is the one adding them."""
-        return int(getattr(self.embedder, "special_tokens", 0))
+        return special_tokens(self.embedder)
 
     def pooled_features(self, tokens: Array) -> Array:
         """Body output tokens → the ``[B, D]`` vector the head's classifier reads (its ``pool``)."""
@@ -152,8 +152,9 @@ class CrossModalModel(nnx.Module):
         return source_lib.pool(self.source_features(source), source)
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
+def special_tokens(embedder: nnx.Module) -> int:
+    """Leading tokens of ``embedder``'s output that carry no input (ViT's class token)."""
+    return int(getattr(embedder, "special_tokens", 0))
 
 
 def build_crossmodal(
@@ -190,7 +191,6 @@ def build_crossmodal(
     kind = pretrained.model_type
     c_in = task.input_shape[0]
     body_kwargs: dict[str, Any] = {}
-    skip = 0
     if task.is_1d:
         if pretrained.modality != "text":
             raise ValueError(
@@ -231,23 +231,12 @@ def build_crossmodal(
                 f"2D task input {task.input_shape} needs a vision body; {pretrained.path} is "
                 f"{kind!r}. Use a ViT/Swin/ResNet folder or flatten the task to 1D (C, H·W)."
             )
-        if kind == "resnet":
-            return _build_resnet(task, pretrained, full, frames, init_embedder_from_body, rngs)
-        is_swin = kind == "swin"
-        embedder = embedders.Embed2D(
-            c_in,
-            full.token_dim,
-            image_size=_pair(cfg.image_size),
-            patch_size=cfg.patch_size,
-            norm=is_swin,
-            cls_and_positions=not is_swin,
-            # Same epsilon as the patch norm it is copied from (HF Swin: PyTorch's 1e-5).
-            eps=full.embeddings.norm.epsilon if is_swin else cfg.layer_norm_eps,
-            rngs=rngs,
-        )
-        if is_swin:
-            body_kwargs["grid_hw"] = embedder.grid
-        skip = embedder.special_tokens
+        # What differs between vision bodies lives in each body's module (see `Pretrained.
+        # body_module`): its target embedder, the static body arguments, the dense head's grid.
+        body_module = pretrained.body_module
+        embedder = body_module.target_embedder(c_in, tuple(task.input_shape[1:]), cfg, full, rngs)
+        body_kwargs = body_module.body_kwargs(embedder)
+    skip = special_tokens(embedder)
     if init_embedder_from_body:
         embedders.init_from_body(embedder, full.embeddings)
 
@@ -255,11 +244,8 @@ def build_crossmodal(
         if task.is_1d:
             head = heads.Dense1DHead(task.num_outputs, embedder.stride, task.input_shape[1])
         else:
-            grid = (
-                swin.output_grid(tuple(cfg.depths), embedder.grid)
-                if kind == "swin"
-                else embedder.grid
-            )
+            text = pretrained.modality == "text"
+            grid = embedder.grid if text else pretrained.body_module.dense_grid(cfg, embedder)
             head = heads.Dense2DHead(
                 full.output_dim,
                 grid=grid,
@@ -274,42 +260,6 @@ def build_crossmodal(
             full.output_dim, task.num_outputs, skip_tokens=skip, frames=frames or 1, rngs=rngs
         )
 
-    model = CrossModalModel(embedder, full.encoder, head, full.embeddings, body_kwargs, frames)
-    return _split_fresh(model)
-
-
-def _build_resnet(
-    task: TaskSpec,
-    pretrained: Pretrained,
-    full: nnx.Module,
-    frames: int,
-    init_embedder_from_body: bool,
-    rngs: nnx.Rngs,
-) -> tuple[nnx.GraphDef, dict]:
-    """ResNet: embedder = a new stem for the task's channels and size; body = the stages.
-
-    The stem (conv 7×7/2 + BN + max pool) is the ResNet's input layer, so it plays the role of
-    the patch embedding: the target stem copies the pretrained one (kernel adapted to the input
-    channels, :func:`resnet.adapt_stem_kernel`), the pretrained stem stays the source embedder.
-    The pooled head reads the mean of the final feature map (HF's ``pooler_output``).
-    """
-    if task.output == "dense":
-        raise ValueError(
-            "dense outputs are not implemented for ResNet bodies (no decoder head for a "
-            "strided CNN yet); use a ViT/Swin body for dense tasks"
-        )
-    cfg = pretrained.config
-    embedder = resnet.ResNetStem(
-        task.input_shape[0],
-        cfg.embedding_size,
-        cfg.hidden_act,
-        rngs,
-        image_size=tuple(task.input_shape[1:]),
-    )
-    if init_embedder_from_body:
-        embedders.init_from_body(embedder, full.embeddings)
-    head = heads.PooledHead(full.output_dim, task.num_outputs, rngs=rngs)
-    body_kwargs = {"grid_hw": embedder.grid}
     model = CrossModalModel(embedder, full.encoder, head, full.embeddings, body_kwargs, frames)
     return _split_fresh(model)
 

@@ -193,6 +193,13 @@ class Pretrained:
         body = layers.abstract_module(self.graphdef, self.params)
         return int(body.token_dim), int(body.output_dim)
 
+    @property
+    def body_module(self) -> Any:
+        """The module of this architecture (``text``, ``vit``, ``swin``, ``resnet``): its weight
+        table, and for vision bodies what ``build_crossmodal`` asks of them (``target_embedder``,
+        ``body_kwargs``, ``dense_grid``)."""
+        return importlib.import_module(ARCHITECTURES[self.model_type].module)
+
     def random_params(self, seed: int = 0) -> dict:
         """Freshly initialised params of the same architecture (the from-scratch baseline)."""
         arch = ARCHITECTURES[self.model_type]
