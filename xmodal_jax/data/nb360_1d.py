@@ -11,24 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from xmodal_jax.data.formats import (
-    DataFormatError,
-    LazyArray,
-    Splits,
-    check_dtype,
-    check_finite,
-    check_shape,
-    require_file,
-)
-from xmodal_jax.data.nb360_files import (
-    NUM_CLASSES,
-    checked_split,
-    get_field,
-    holdout,
-    int_labels,
-    npz_member,
-    unpickle,
-)
+from xmodal_jax.data import formats, nb360_files
 
 # ---------------------------------------------------------------------------------------------
 # ECG (PhysioNet/CinC 2017)
@@ -42,7 +25,7 @@ ECG_CLASS_STRIDES = (ECG_STRIDE, ECG_STRIDE // 6, ECG_STRIDE // 2, ECG_STRIDE //
 
 def _ecg_windows(
     records: list[np.ndarray], labels: np.ndarray, class_strides: bool, name: str
-) -> tuple[LazyArray, np.ndarray]:
+) -> tuple[formats.LazyArray, np.ndarray]:
     """Windows of the given z-scored records as a lazy N×1×1000 array + per-window labels.
 
     Window starts are ``range(0, len - 1000, stride)`` as the reference's: the last full
@@ -67,7 +50,7 @@ def _ecg_windows(
     def gather(idx: np.ndarray) -> np.ndarray:
         return flat[starts[idx][:, None] + offsets][:, None, :]
 
-    x = LazyArray(len(starts), (1, ECG_WINDOW), np.float32, name=name, gather=gather)
+    x = formats.LazyArray(len(starts), (1, ECG_WINDOW), np.float32, name=name, gather=gather)
     return x, np.concatenate(ys) if ys else np.zeros(0, np.int32)
 
 
@@ -82,7 +65,7 @@ def reference_test_split(n: int, test_fraction: float, random_state: int) -> np.
     return np.sort(np.random.RandomState(random_state).permutation(n)[:n_test])
 
 
-def read_ecg(root: str, *, seed: int = 0, class_strides: bool = True) -> Splits:
+def read_ecg(root: str, *, seed: int = 0, class_strides: bool = True) -> formats.Splits:
     """PhysioNet/CinC 2017 ECG from ``root/challenge2017.pkl`` (``{"data": records,
     "label": "N"|"A"|"O"|"~" per record}``).
 
@@ -94,26 +77,28 @@ def read_ecg(root: str, *, seed: int = 0, class_strides: bool = True) -> Splits:
     ``seed`` (80/10/10, spec §8.1). The reference windows its test records with the same
     class-dependent strides; so does this. x is a lazy float32 N×1×1000 view of the records.
     """
-    path = require_file(root, "challenge2017.pkl")
+    path = formats.require_file(root, "challenge2017.pkl")
 
     def load() -> Any:
         with open(path, "rb") as f:
             return pickle.load(f)
 
-    res = unpickle(load, path, "pickle")
-    data = get_field(res, "data", path)
-    raw_labels = get_field(res, "label", path)
+    res = nb360_files.unpickle(load, path, "pickle")
+    data = nb360_files.get_field(res, "data", path)
+    raw_labels = nb360_files.get_field(res, "label", path)
     try:
         n, n_labels = len(data), len(raw_labels)
     except TypeError as e:
-        raise DataFormatError(f"{path}: fields 'data' and 'label' must be sequences") from e
+        raise formats.DataFormatError(f"{path}: fields 'data' and 'label' must be sequences") from e
     if n != n_labels:
-        raise DataFormatError(f"{path}: {n} records in 'data' but {n_labels} entries in 'label'")
+        raise formats.DataFormatError(
+            f"{path}: {n} records in 'data' but {n_labels} entries in 'label'"
+        )
     labels = np.empty(n, np.int32)
     for i, lab in enumerate(raw_labels):
         lab = lab.decode() if isinstance(lab, bytes) else lab
         if lab not in ECG_LABELS:
-            raise DataFormatError(
+            raise formats.DataFormatError(
                 f"{path}: field 'label' has {lab!r} at index {i}, expected one of "
                 f"{sorted(ECG_LABELS)}"
             )
@@ -122,26 +107,28 @@ def read_ecg(root: str, *, seed: int = 0, class_strides: bool = True) -> Splits:
     for i, rec in enumerate(data):
         rec = np.asarray(rec)
         if rec.ndim != 1 or rec.dtype.kind not in "fiu":
-            raise DataFormatError(
+            raise formats.DataFormatError(
                 f"{path}: field 'data' record {i} has shape {rec.shape} dtype {rec.dtype}, "
                 "expected a 1-D numeric signal"
             )
         rec = rec.astype(np.float64)
         std = rec.std()
         if not np.isfinite(std) or std == 0:
-            raise DataFormatError(f"{path}: field 'data' record {i} is constant or non-finite")
+            raise formats.DataFormatError(
+                f"{path}: field 'data' record {i} is constant or non-finite"
+            )
         records.append(((rec - rec.mean()) / std).astype(np.float32))
     del res, data
 
     test = reference_test_split(n, 0.1, 0)
     rest = np.setdiff1d(np.arange(n), test)
-    tr, va = holdout(labels[rest], len(test), seed, path)
+    tr, va = nb360_files.holdout(labels[rest], len(test), seed, path)
     out = {}
     for split, idx in (("train", rest[tr]), ("val", rest[va]), ("test", test)):
         x, y = _ecg_windows(
             [records[i] for i in idx], labels[idx], class_strides, f"{path} [{split}]"
         )
-        out[split] = checked_split(x, y, path)
+        out[split] = nb360_files.checked_split(x, y, path)
     return out
 
 
@@ -149,7 +136,7 @@ def read_ecg(root: str, *, seed: int = 0, class_strides: bool = True) -> Splits:
 # Satellite
 
 
-def read_satellite(root: str, *, seed: int = 0) -> Splits:
+def read_satellite(root: str, *, seed: int = 0) -> formats.Splits:
     """Satellite image time series from ``root/satellite_{train,test}.npy`` (each a pickled dict
     ``{"data": N×46, "label": N}`` in a 0-d object array; labels 1-based).
 
@@ -159,24 +146,26 @@ def read_satellite(root: str, *, seed: int = 0) -> Splits:
     """
     out = {}
     for split in ("train", "test"):
-        path = require_file(root, f"satellite_{split}.npy")
-        obj = unpickle(lambda path=path: np.load(path, allow_pickle=True), path, ".npy")
+        path = formats.require_file(root, f"satellite_{split}.npy")
+        obj = nb360_files.unpickle(lambda path=path: np.load(path, allow_pickle=True), path, ".npy")
         if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():
             obj = obj.item()
-        data = np.asarray(get_field(obj, "data", path))
-        labels = np.asarray(get_field(obj, "label", path))
-        check_shape(data, (None, 46), path, "data")
-        check_dtype(data, "fiu", path, "data")
-        check_finite(data, path, "data")
-        check_shape(labels, (len(data),), path, "label")
-        y = int_labels(labels, NUM_CLASSES["satellite"], path, "label", offset=1)
+        data = np.asarray(nb360_files.get_field(obj, "data", path))
+        labels = np.asarray(nb360_files.get_field(obj, "label", path))
+        formats.check_shape(data, (None, 46), path, "data")
+        formats.check_dtype(data, "fiu", path, "data")
+        formats.check_finite(data, path, "data")
+        formats.check_shape(labels, (len(data),), path, "label")
+        y = nb360_files.int_labels(
+            labels, nb360_files.NUM_CLASSES["satellite"], path, "label", offset=1
+        )
         out[split] = (data.astype(np.float32)[:, None, :], y, path)
     (x, y, path), (xt, yt, test_path) = out["train"], out["test"]
-    tr, va = holdout(y, len(yt), seed, path)
+    tr, va = nb360_files.holdout(y, len(yt), seed, path)
     return {
-        "train": checked_split(x[tr], y[tr], path),
-        "val": checked_split(x[va], y[va], path),
-        "test": checked_split(xt, yt, test_path),
+        "train": nb360_files.checked_split(x[tr], y[tr], path),
+        "val": nb360_files.checked_split(x[va], y[va], path),
+        "test": nb360_files.checked_split(xt, yt, test_path),
     }
 
 
@@ -184,7 +173,7 @@ def read_satellite(root: str, *, seed: int = 0) -> Splits:
 # DeepSEA
 
 
-def read_deepsea(root: str, *, seed: int = 0) -> Splits:
+def read_deepsea(root: str, *, seed: int = 0) -> formats.Splits:
     """DeepSEA (filtered to 36 chromatin labels) from ``root/deepsea_filtered.npz``: keys
     ``x_{train,val,test}`` (one-hot N×1000×4) and ``y_{train,val,test}`` (N×36); official splits.
 
@@ -195,22 +184,22 @@ def read_deepsea(root: str, *, seed: int = 0) -> Splits:
     unused.
     """
     del seed
-    path = require_file(root, "deepsea_filtered.npz")
+    path = formats.require_file(root, "deepsea_filtered.npz")
     out = {}
     for split in ("train", "val", "test"):
         xk, yk = f"x_{split}", f"y_{split}"
-        xs = npz_member(path, xk)
-        check_shape(xs, (None, 1000, 4), path, xk)
-        check_dtype(xs, "biuf", path, xk)
-        check_finite(xs, path, xk)
-        ys = npz_member(path, yk)
-        check_shape(ys, (None, NUM_CLASSES["deepsea"]), path, yk)
-        check_dtype(ys, "biuf", path, yk)
+        xs = nb360_files.npz_member(path, xk)
+        formats.check_shape(xs, (None, 1000, 4), path, xk)
+        formats.check_dtype(xs, "biuf", path, xk)
+        formats.check_finite(xs, path, xk)
+        ys = nb360_files.npz_member(path, yk)
+        formats.check_shape(ys, (None, nb360_files.NUM_CLASSES["deepsea"]), path, yk)
+        formats.check_dtype(ys, "biuf", path, yk)
         y = np.asarray(ys, dtype=np.float32)
         bad = np.flatnonzero((y != 0) & (y != 1))
         if bad.size:
             i = int(bad[0])
-            raise DataFormatError(
+            raise formats.DataFormatError(
                 f"{path}: field {yk!r} has value {y.flat[i]} at flat index {i}, expected 0 or 1 "
                 f"({bad.size} such values)"
             )
@@ -218,6 +207,6 @@ def read_deepsea(root: str, *, seed: int = 0) -> Splits:
         def gather(idx: np.ndarray, xs: np.ndarray = xs) -> np.ndarray:
             return np.asarray(xs[idx]).transpose(0, 2, 1)
 
-        x = LazyArray(len(xs), (4, 1000), np.float32, name=f"{path} [{xk}]", gather=gather)
-        out[split] = checked_split(x, y, path)
+        x = formats.LazyArray(len(xs), (4, 1000), np.float32, name=f"{path} [{xk}]", gather=gather)
+        out[split] = nb360_files.checked_split(x, y, path)
     return out

@@ -14,42 +14,26 @@ from typing import Any
 
 import numpy as np
 
-from xmodal_jax.data.formats import (
-    DataFormatError,
-    Splits,
-    check_dtype,
-    check_finite,
-    check_shape,
-    require_file,
-)
-from xmodal_jax.data.nb360_files import (
-    NUM_CLASSES,
-    checked_split,
-    get_field,
-    holdout,
-    int_labels,
-    load_npy,
-    unpickle,
-)
+from xmodal_jax.data import formats, nb360_files
 
 # ---------------------------------------------------------------------------------------------
 # CIFAR-100
 
 
 def _parse_cifar100(d: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
-    data = np.asarray(get_field(d, "data", name))
-    labels = np.asarray(get_field(d, "fine_labels", name))
-    check_shape(data, (None, 3072), name, "data")
-    check_dtype(data, "iu", name, "data")
+    data = np.asarray(nb360_files.get_field(d, "data", name))
+    labels = np.asarray(nb360_files.get_field(d, "fine_labels", name))
+    formats.check_shape(data, (None, 3072), name, "data")
+    formats.check_dtype(data, "iu", name, "data")
     if data.size and (data.min() < 0 or data.max() > 255):
-        raise DataFormatError(f"{name}: field 'data' has values outside 0..255")
-    check_shape(labels, (len(data),), name, "fine_labels")
+        raise formats.DataFormatError(f"{name}: field 'data' has values outside 0..255")
+    formats.check_shape(labels, (len(data),), name, "fine_labels")
     # Rows are 1024 R, then G, then B values, each plane row-major: a plain reshape is NCHW.
     x = data.reshape(-1, 3, 32, 32).astype(np.uint8)
-    return x, int_labels(labels, 100, name, "fine_labels")
+    return x, nb360_files.int_labels(labels, 100, name, "fine_labels")
 
 
-def read_cifar100(root: str, *, seed: int = 0) -> Splits:
+def read_cifar100(root: str, *, seed: int = 0) -> formats.Splits:
     """CIFAR-100 from the python archive: ``root/cifar-100-python/{train,test}`` or
     ``root/cifar-100-python.tar.gz`` (members read in place, nothing extracted).
 
@@ -62,15 +46,19 @@ def read_cifar100(root: str, *, seed: int = 0) -> Splits:
     parts = {}
     if os.path.isdir(folder):
         for split in ("train", "test"):
-            path = require_file(folder, split)
+            path = formats.require_file(folder, split)
 
             def load(path: str = path) -> Any:
                 with open(path, "rb") as f:
                     return pickle.load(f, encoding="bytes")
 
-            parts[split] = _parse_cifar100(unpickle(load, path, "CIFAR-100 pickle"), path)
+            parts[split] = _parse_cifar100(
+                nb360_files.unpickle(load, path, "CIFAR-100 pickle"), path
+            )
     elif os.path.exists(archive):
-        with unpickle(lambda: tarfile.open(archive, "r:gz"), archive, "tar.gz archive") as tar:
+        with nb360_files.unpickle(
+            lambda: tarfile.open(archive, "r:gz"), archive, "tar.gz archive"
+        ) as tar:
             for split in ("train", "test"):
                 member = f"cifar-100-python/{split}"
                 name = f"{archive}:{member}"
@@ -79,22 +67,24 @@ def read_cifar100(root: str, *, seed: int = 0) -> Splits:
                     try:
                         f = tar.extractfile(member)
                     except KeyError as e:
-                        raise DataFormatError(f"{archive}: no member {member!r}") from e
+                        raise formats.DataFormatError(f"{archive}: no member {member!r}") from e
                     if f is None:
-                        raise DataFormatError(f"{archive}: member {member!r} is not a file")
+                        raise formats.DataFormatError(f"{archive}: member {member!r} is not a file")
                     return pickle.load(f, encoding="bytes")
 
-                parts[split] = _parse_cifar100(unpickle(load, name, "CIFAR-100 pickle"), name)
+                parts[split] = _parse_cifar100(
+                    nb360_files.unpickle(load, name, "CIFAR-100 pickle"), name
+                )
     else:
-        raise DataFormatError(
+        raise formats.DataFormatError(
             f"{folder}: file not found (nor {archive}); expected the CIFAR-100 python archive"
         )
     (x, y), (xt, yt) = parts["train"], parts["test"]
-    tr, va = holdout(y, len(yt), seed, folder if os.path.isdir(folder) else archive)
+    tr, va = nb360_files.holdout(y, len(yt), seed, folder if os.path.isdir(folder) else archive)
     return {
-        "train": checked_split(x[tr], y[tr], "cifar100/train"),
-        "val": checked_split(x[va], y[va], "cifar100/train"),
-        "test": checked_split(xt, yt, "cifar100/test"),
+        "train": nb360_files.checked_split(x[tr], y[tr], "cifar100/train"),
+        "val": nb360_files.checked_split(x[va], y[va], "cifar100/train"),
+        "test": nb360_files.checked_split(xt, yt, "cifar100/test"),
     }
 
 
@@ -102,39 +92,39 @@ def read_cifar100(root: str, *, seed: int = 0) -> Splits:
 # Spherical CIFAR-100
 
 
-def read_spherical(root: str, *, seed: int = 0) -> Splits:
+def read_spherical(root: str, *, seed: int = 0) -> formats.Splits:
     """Spherical CIFAR-100 from ``root/s2_cifar100.gz`` (a gzipped pickle of
     ``{"train"|"test": {"images": N×3×60×60, "labels": N}}``).
 
     x: float32 N×3×60×60 divided by 255 as the reference; y: int32, 100 classes. Validation:
     ``len(test)`` training images held out, class-stratified, seeded, disjoint (spec §8.1).
     """
-    path = require_file(root, "s2_cifar100.gz")
+    path = formats.require_file(root, "s2_cifar100.gz")
 
     def load() -> Any:
         with gzip.open(path, "rb") as f:
             return pickle.load(f)
 
-    dataset = unpickle(load, path, "gzipped pickle")
+    dataset = nb360_files.unpickle(load, path, "gzipped pickle")
     out = {}
     for split in ("train", "test"):
-        part = get_field(dataset, split, path)
-        images = np.asarray(get_field(part, "images", f"{path} [{split!r}]"))
-        labels = np.asarray(get_field(part, "labels", f"{path} [{split!r}]"))
-        check_shape(images, (None, 3, 60, 60), path, f"{split}/images")
-        check_dtype(images, "fiu", path, f"{split}/images")
-        check_shape(labels, (len(images),), path, f"{split}/labels")
+        part = nb360_files.get_field(dataset, split, path)
+        images = np.asarray(nb360_files.get_field(part, "images", f"{path} [{split!r}]"))
+        labels = np.asarray(nb360_files.get_field(part, "labels", f"{path} [{split!r}]"))
+        formats.check_shape(images, (None, 3, 60, 60), path, f"{split}/images")
+        formats.check_dtype(images, "fiu", path, f"{split}/images")
+        formats.check_shape(labels, (len(images),), path, f"{split}/labels")
         x = images.astype(np.float32)
         del images
         x /= 255.0
-        out[split] = (x, int_labels(labels, 100, path, f"{split}/labels"))
+        out[split] = (x, nb360_files.int_labels(labels, 100, path, f"{split}/labels"))
     del dataset
     (x, y), (xt, yt) = out["train"], out["test"]
-    tr, va = holdout(y, len(yt), seed, path)
+    tr, va = nb360_files.holdout(y, len(yt), seed, path)
     return {
-        "train": checked_split(x[tr], y[tr], path),
-        "val": checked_split(x[va], y[va], path),
-        "test": checked_split(xt, yt, path),
+        "train": nb360_files.checked_split(x[tr], y[tr], path),
+        "val": nb360_files.checked_split(x[va], y[va], path),
+        "test": nb360_files.checked_split(xt, yt, path),
     }
 
 
@@ -156,21 +146,23 @@ def _read_mat_field(path: str, field: str, rows: slice, r: int) -> np.ndarray:
         try:
             f = h5py.File(path, "r")
         except Exception as e:
-            raise DataFormatError(f"{path}: not a readable MATLAB v7.3 file: {e}") from e
+            raise formats.DataFormatError(f"{path}: not a readable MATLAB v7.3 file: {e}") from e
         with f:
             if field not in f or not isinstance(f[field], h5py.Dataset):
-                raise DataFormatError(f"{path}: missing field {field!r} (found {sorted(f.keys())})")
+                raise formats.DataFormatError(
+                    f"{path}: missing field {field!r} (found {sorted(f.keys())})"
+                )
             ds = f[field]
             logical = tuple(reversed(ds.shape))
             # check_shape/check_dtype only look at these attributes; nothing is read yet.
             meta = SimpleNamespace(shape=logical, ndim=len(logical), dtype=ds.dtype)
-            check_shape(meta, (None, _DARCY_RES, _DARCY_RES), path, field)
-            check_dtype(meta, "fiu", path, field)
+            formats.check_shape(meta, (None, _DARCY_RES, _DARCY_RES), path, field)
+            formats.check_dtype(meta, "fiu", path, field)
             start, stop = _rows(rows, logical[0], path, field)
             try:
                 block = ds[::r, ::r, start:stop]
             except Exception as e:
-                raise DataFormatError(
+                raise formats.DataFormatError(
                     f"{path}: field {field!r} unreadable (truncated?): {e}"
                 ) from e
             return np.ascontiguousarray(block.transpose(2, 1, 0), dtype=np.float32)
@@ -180,16 +172,18 @@ def _read_mat_field(path: str, field: str, rows: slice, r: int) -> np.ndarray:
     try:
         mat = scipy.io.loadmat(path, variable_names=[field])
     except Exception as e:
-        raise DataFormatError(f"{path}: not a readable MATLAB file (truncated?): {e}") from e
+        raise formats.DataFormatError(
+            f"{path}: not a readable MATLAB file (truncated?): {e}"
+        ) from e
     if field not in mat:
         try:
             have = sorted(name for name, *_ in scipy.io.whosmat(path))
         except Exception:
             have = "?"
-        raise DataFormatError(f"{path}: missing field {field!r} (found {have})")
+        raise formats.DataFormatError(f"{path}: missing field {field!r} (found {have})")
     arr = mat.pop(field)
-    check_shape(arr, (None, _DARCY_RES, _DARCY_RES), path, field)
-    check_dtype(arr, "fiu", path, field)
+    formats.check_shape(arr, (None, _DARCY_RES, _DARCY_RES), path, field)
+    formats.check_dtype(arr, "fiu", path, field)
     start, stop = _rows(rows, len(arr), path, field)
     return np.ascontiguousarray(arr[start:stop, ::r, ::r], dtype=np.float32)
 
@@ -198,7 +192,7 @@ def _rows(rows: slice, n: int, path: str, field: str) -> tuple[int, int]:
     """``(start, stop)`` of ``rows``; a file with fewer samples than the split needs is an error
     (the reference would silently train on fewer)."""
     if rows.stop is not None and rows.stop > n:
-        raise DataFormatError(
+        raise formats.DataFormatError(
             f"{path}: field {field!r} has {n} samples, the split needs {rows.stop}"
         )
     start, stop, _ = rows.indices(n)
@@ -224,7 +218,7 @@ def read_darcy(
     ntrain: int = 1000,
     nval: int = 100,
     ntest: int = 100,
-) -> Splits:
+) -> formats.Splits:
     """Darcy flow (FNO's ``piececonst_r421_N1024_smooth{1,2}.mat``), MATLAB v5 or v7.3.
 
     Fields ``coeff`` and ``sol`` (N×421×421) subsampled every ``r``-th point (s = 420/r + 1,
@@ -238,8 +232,8 @@ def read_darcy(
     del seed
     if not 0 < nval < ntrain:
         raise ValueError(f"nval={nval} must be in (0, ntrain={ntrain})")
-    train_path = require_file(root, "piececonst_r421_N1024_smooth1.mat")
-    test_path = require_file(root, "piececonst_r421_N1024_smooth2.mat")
+    train_path = formats.require_file(root, "piececonst_r421_N1024_smooth1.mat")
+    test_path = formats.require_file(root, "piececonst_r421_N1024_smooth2.mat")
     s = (_DARCY_RES - 1) // r + 1
     grid = darcy_grid(s)
 
@@ -255,9 +249,9 @@ def read_darcy(
     xt, yt = fields(test_path, slice(0, ntest))
     cut = ntrain - nval
     return {
-        "train": checked_split(x[:cut], y[:cut], train_path),
-        "val": checked_split(x[cut:], y[cut:], train_path),
-        "test": checked_split(xt, yt, test_path),
+        "train": nb360_files.checked_split(x[:cut], y[:cut], train_path),
+        "val": nb360_files.checked_split(x[cut:], y[cut:], train_path),
+        "test": nb360_files.checked_split(xt, yt, test_path),
     }
 
 
@@ -265,7 +259,7 @@ def read_darcy(
 # NinaPro
 
 
-def read_ninapro(root: str, *, seed: int = 0) -> Splits:
+def read_ninapro(root: str, *, seed: int = 0) -> formats.Splits:
     """NinaPro DB5 from ``root/ninaPro/{ninapro,label}_{train,val,test}.npy`` (official splits).
 
     The files hold N×52×16 EMG windows; x is float32 N×1×16×52 as the reference's
@@ -274,17 +268,19 @@ def read_ninapro(root: str, *, seed: int = 0) -> Splits:
     del seed
     out = {}
     for split in ("train", "val", "test"):
-        xpath = require_file(root, "ninaPro", f"ninapro_{split}.npy")
-        ypath = require_file(root, "ninaPro", f"label_{split}.npy")
-        data = load_npy(xpath, "ninapro")
-        labels = np.asarray(load_npy(ypath, "label"))
-        check_shape(data, (None, 52, 16), xpath, "ninapro")
-        check_dtype(data, "fiu", xpath, "ninapro")
-        check_finite(data, xpath, "ninapro")
-        check_shape(labels, (None,), ypath, "label")
+        xpath = formats.require_file(root, "ninaPro", f"ninapro_{split}.npy")
+        ypath = formats.require_file(root, "ninaPro", f"label_{split}.npy")
+        data = nb360_files.load_npy(xpath, "ninapro")
+        labels = np.asarray(nb360_files.load_npy(ypath, "label"))
+        formats.check_shape(data, (None, 52, 16), xpath, "ninapro")
+        formats.check_dtype(data, "fiu", xpath, "ninapro")
+        formats.check_finite(data, xpath, "ninapro")
+        formats.check_shape(labels, (None,), ypath, "label")
         x = np.ascontiguousarray(np.asarray(data).transpose(0, 2, 1)[:, None], dtype=np.float32)
-        y = int_labels(labels, NUM_CLASSES["ninapro"], ypath, "label")
+        y = nb360_files.int_labels(labels, nb360_files.NUM_CLASSES["ninapro"], ypath, "label")
         if len(x) != len(y):
-            raise DataFormatError(f"{xpath} has {len(x)} examples but {ypath} has {len(y)} labels")
+            raise formats.DataFormatError(
+                f"{xpath} has {len(x)} examples but {ypath} has {len(y)} labels"
+            )
         out[split] = {"x": x, "y": y}
     return out

@@ -33,6 +33,7 @@ from xmodal_jax.models.hf_vision import (
     _optional,
     _pair,
     _positive,
+    patch_target_embedder,
 )
 from xmodal_jax.models.weights import Rule, Transform, WeightLoadError, require
 
@@ -406,17 +407,9 @@ def target_embedder(
     """The new target embedder: a patch embedding with the body's patch LayerNorm (no class
     token, no positions) for ``c_in`` channels; inputs are resized to the body's image size."""
     del hw
-    return embedders.Embed2D(
-        c_in,
-        model.token_dim,
-        image_size=tuple(cfg.image_size),
-        patch_size=cfg.patch_size,
-        norm=True,
-        cls_and_positions=False,
-        # Same epsilon as the patch norm it is copied from (HF Swin: PyTorch's 1e-5).
-        eps=model.embeddings.norm.epsilon,
-        rngs=rngs,
-    )
+    # Same epsilon as the patch norm it is copied from (HF Swin: PyTorch's 1e-5).
+    eps = model.embeddings.norm.epsilon
+    return patch_target_embedder(c_in, cfg, model.token_dim, rngs, patch_norm=True, eps=eps)
 
 
 def body_kwargs(embedder: nnx.Module) -> dict[str, Any]:

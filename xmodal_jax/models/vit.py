@@ -29,6 +29,7 @@ from xmodal_jax.models.hf_vision import (
     _optional,
     _pair,
     _positive,
+    patch_target_embedder,
 )
 from xmodal_jax.models.weights import Rule, Transform, WeightLoadError, require
 
@@ -230,15 +231,8 @@ def target_embedder(
     """The new target embedder: a patch embedding like the body's own (class token and
     positions) for ``c_in`` channels; inputs of any ``hw`` are resized to the body's image size."""
     del hw
-    return embedders.Embed2D(
-        c_in,
-        model.token_dim,
-        image_size=tuple(cfg.image_size),
-        patch_size=cfg.patch_size,
-        norm=False,
-        cls_and_positions=True,
-        eps=cfg.layer_norm_eps,
-        rngs=rngs,
+    return patch_target_embedder(
+        c_in, cfg, model.token_dim, rngs, patch_norm=False, eps=cfg.layer_norm_eps
     )
 
 
