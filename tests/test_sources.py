@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from xmodal_jax.data import formats, sources
+from xmodal_jax.models import source as source_path
 
 
 def test_vader_lexicon_and_balanced_text_source(minilm):
@@ -24,7 +25,7 @@ def test_vader_lexicon_and_balanced_text_source(minilm):
 
 
 def test_text_proxy_roundtrip_and_shape_check(minilm, tmp_path):
-    xs, ys = sources.write_text_proxy(minilm, str(tmp_path), max_examples=16, seq_len=5)
+    xs, ys = source_path.write_text_proxy(minilm, str(tmp_path), max_examples=16, seq_len=5)
     got = sources.read_text_proxy(str(tmp_path), hidden_size=384)
     assert got["tokens"].shape == (16, 5, 384) and got["y"].shape == (16,)
     with pytest.raises(formats.DataFormatError, match=r"text_xs\.npy: field 'token embeddings'"):

@@ -4,10 +4,11 @@ The public API: load a pretrained body from a local Hugging Face folder, build a
 (target embedder + body + head) for a task, and call it through pure functions of params pytrees.
 """
 
-from xmodal_jax.models.crossmodal import CrossModalModel, TaskSpec, apply, build_crossmodal
+from xmodal_jax.models.crossmodal import CrossModalModel, apply, build_crossmodal
 from xmodal_jax.models.embedders import Embed1DOptions
 from xmodal_jax.models.pretrained import Pretrained, load_pretrained
 from xmodal_jax.models.weights import WeightLoadError
+from xmodal_jax.spec import TaskSpec
 
 __all__ = [
     "CrossModalModel",

@@ -19,6 +19,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from xmodal_jax import paths
+
 
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStructs (with shardings) describing ``tree``: the restore target."""
@@ -30,15 +32,9 @@ class CheckpointError(RuntimeError):
 
 
 def _keystr(path: tuple) -> str:
-    # Dict keys, sequence indices and named-tuple fields alike (the stored metadata keeps
-    # optax's named tuples as dicts of their fields and tuples as lists).
-    def part(k: Any) -> str:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                return str(getattr(k, attr))
-        return str(k)
-
-    return "/".join(part(k) for k in path)
+    # The stored metadata keeps optax's named tuples as dicts of their fields and tuples as
+    # lists, so both sides name a leaf by the same path string (paths.key_str reads all three).
+    return paths.path_str(path)
 
 
 def compare_to_stored(abstract: Any, stored: Any, where: str) -> None:

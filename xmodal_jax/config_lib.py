@@ -66,8 +66,8 @@ def _trainer_stage_defaults() -> dict[str, Any]:
     return dict(
         kind="task",  # key of xmodal_jax.methods.STAGE_KINDS
         trainable=("embedder", "body", "head"),
-        # Regex on "group/…/leaf" paths of trainable groups to keep frozen ("" = none), e.g.
-        # PaRe's Darcy "Wv" recipe: r"body/.*attn/(query|key)/".
+        # Regex searched in "group/…/leaf" paths (xmodal_jax.paths) of trainable groups to keep
+        # frozen ("" = none), e.g. PaRe's Darcy "Wv" recipe: r"body/.*attn/(query|key)/".
         freeze="",
         epochs=1.0,  # length in epochs of the stage's main dataset; `steps` > 0 overrides it
         steps=0,
@@ -138,7 +138,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.stages = ml_collections.ConfigDict()
     c.stage_order = ""
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, num_devices=0))  # 0 = all devices
-    # (regex on "group/…/leaf" path, tactic): first match wins; unmatched → replicate.
+    # (regex fullmatching the "group/…/leaf" path (xmodal_jax.paths), tactic): first match
+    # wins; unmatched → replicate.
     c.sharding_rules = ((r"body/.*kernel", "fsdp"), (r".*embedding", "fsdp"))
     c.log_every = 10
     c.eval_every = 0  # steps between validation evals; 0 = once per epoch

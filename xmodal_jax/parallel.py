@@ -27,8 +27,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from xmodal_jax import paths
 
 BATCH_AXES = ("data", "fsdp")
 TACTICS = ("replicate", "fsdp")
@@ -126,7 +127,8 @@ def _spec_for(shape: tuple[int, ...], tactic: str, fsdp_size: int) -> PartitionS
 
 
 def param_shardings(abstract_params: Any, mesh: Mesh, rules: Sequence[tuple[str, str]]) -> Any:
-    """Maps each param (by its ``/``-joined path) through the first matching ``(regex, tactic)``.
+    """Maps each param through the first ``(regex, tactic)`` that fullmatches its path
+    (``body/…``, the :mod:`xmodal_jax.paths` convention).
 
     Tactics: ``replicate``, or ``fsdp`` (shard the largest dimension divisible by the fsdp axis
     size; replicate if none is). Unmatched params are replicated.
@@ -137,13 +139,14 @@ def param_shardings(abstract_params: Any, mesh: Mesh, rules: Sequence[tuple[str,
             raise ValueError(f"sharding rule {pattern!r}: tactic {tactic!r} not in {TACTICS}")
         compiled.append((re.compile(pattern), tactic))
     fsdp_size = mesh.shape["fsdp"]
-    flat = traverse_util.flatten_dict(abstract_params)
-    out = {}
-    for path, leaf in flat.items():
-        name = "/".join(map(str, path))
-        tactic = next((t for rx, t in compiled if rx.fullmatch(name)), "replicate")
-        out[path] = NamedSharding(mesh, _spec_for(tuple(leaf.shape), tactic, fsdp_size))
-    return traverse_util.unflatten_dict(out)
+
+    def sharding(path: str, leaf: Any) -> NamedSharding:
+        tactic = next(
+            (t for rx, t in compiled if paths.matches(rx, path, "fullmatch")), "replicate"
+        )
+        return NamedSharding(mesh, _spec_for(tuple(leaf.shape), tactic, fsdp_size))
+
+    return paths.map_paths(sharding, abstract_params)
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:

@@ -186,3 +186,15 @@ class LazyArray:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[np.arange(self.n)]
         return out if dtype is None else out.astype(dtype)
+
+
+def check_token_ids(ids: np.ndarray, vocab_size: int, where: str) -> np.ndarray:
+    """Token ids in ``[0, vocab_size)``; otherwise a ValueError naming the bad id and where."""
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        bad = ids[(ids < 0) | (ids >= vocab_size)]
+        raise ValueError(
+            f"{where}: token id {int(bad.flat[0])} is outside the vocabulary [0, {vocab_size}) "
+            f"({bad.size} such ids); was the text tokenised with another model's tokenizer?"
+        )
+    return ids

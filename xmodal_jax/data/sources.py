@@ -2,19 +2,35 @@
 
 The text proxy ships offline: the VADER sentiment lexicon (≈7.5k English words and emoticons, each
 with the mean of 10 human valence ratings in [-4, 4]), labelled by valence bins. Examples are
-tokenised with the body's own tokenizer and embedded by its frozen input layer, exactly like
-ORCA's ``text_xs.npy`` (token embeddings with positions) — but regenerated for any body.
+tokenised with the body's own tokenizer; ``models.source`` embeds them with its frozen input
+layer, exactly like ORCA's ``text_xs.npy`` (token embeddings with positions) — but regenerated
+for any body. Everything here returns raw arrays and runs no network.
 """
 
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any, Protocol
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from xmodal_jax.models.pretrained import Pretrained
+from xmodal_jax.data import formats
+
+
+class Body(Protocol):
+    """What the source loaders read of a pretrained body (``models.pretrained.Pretrained``).
+
+    A protocol rather than the class: ``data/`` imports nothing from ``models/``, so the loaders
+    stay raw-array readers and the code that runs the network lives with the model.
+    """
+
+    path: str
+    model_type: str
+    modality: str
+    config: Any
+
+    @property
+    def tokenizer(self) -> Any: ...
 
 
 def vader_lexicon() -> tuple[list[str], np.ndarray]:
@@ -33,7 +49,7 @@ def vader_lexicon() -> tuple[list[str], np.ndarray]:
 
 
 def text_source(
-    pretrained: Pretrained,
+    pretrained: Body,
     *,
     num_classes: int = 4,
     max_examples: int = 2048,
@@ -75,7 +91,7 @@ def text_source(
 
 
 def _packed(
-    pretrained: Pretrained, words: list[str], labels: np.ndarray, seq_len: int, rng
+    pretrained: Body, words: list[str], labels: np.ndarray, seq_len: int, rng
 ) -> dict[str, np.ndarray]:
     tok = pretrained.tokenizer
     ids = tok(words, add_special_tokens=False)["input_ids"]
@@ -98,48 +114,12 @@ def _packed(
     }
 
 
-def embed_source(pretrained: Pretrained, source: dict[str, np.ndarray], batch: int = 256):
-    """Mean-over-tokens output of the body's frozen input layer: ``[N, D]`` source features.
-
-    Text sources give ``input_ids``/``attention_mask`` (padding excluded from the mean), image
-    sources ``pixel_values`` (resized to the body's image size), proxies precomputed ``tokens``.
-    """
-    from xmodal_jax.models.embedders import resize_bilinear
-
-    if "tokens" in source:
-        return np.asarray(source["tokens"], np.float32).mean(axis=1)
-
-    @jax.jit
-    def fn(params, batch_inputs):
-        emb = pretrained.module(params).embeddings
-        if "input_ids" in batch_inputs:
-            tokens = emb(batch_inputs["input_ids"])
-            m = batch_inputs["attention_mask"][..., None].astype(tokens.dtype)
-            return (tokens * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
-        size = pretrained.config.image_size
-        hw = (size, size) if isinstance(size, int) else tuple(size)
-        x = resize_bilinear(batch_inputs["pixel_values"].astype(jnp.float32), hw)
-        return emb(x).mean(1)
-
-    keys = [k for k in ("input_ids", "attention_mask", "pixel_values") if k in source]
-    n = len(source[keys[0]])
-    out = []
-    for i in range(0, n, batch):
-        chunk = {k: np.asarray(source[k][i : i + batch]) for k in keys}
-        m = len(chunk[keys[0]])
-        if m < batch:  # pad to a static shape; padding rows are dropped below
-            chunk = {
-                k: np.concatenate([v, np.repeat(v[:1], batch - m, 0)]) for k, v in chunk.items()
-            }
-        out.append(np.asarray(fn(pretrained.params, chunk))[:m])
-    return np.concatenate(out)
-
-
-def load(source_cfg, pretrained: Pretrained, seed: int = 0):
-    """``(source examples, their [N, D] features)`` for ``config.source``, or ``(None, None)``."""
+def load(source_cfg: Any, pretrained: Body, seed: int = 0) -> dict[str, np.ndarray] | None:
+    """The raw source examples of ``config.source`` (token ids, pixels or proxy tokens, labels),
+    or None for ``kind="none"``; ``models.source.embed_source`` turns them into features."""
     kind = source_cfg.kind
     if kind == "none":
-        return None, None
+        return None
     if kind == "text":
         source = text_source(
             pretrained,
@@ -168,49 +148,19 @@ def load(source_cfg, pretrained: Pretrained, seed: int = 0):
     else:
         raise ValueError(f"config.source.kind={kind!r} unknown")
     if "input_ids" in source:
-        from xmodal_jax.models.pretrained import check_token_ids
-
-        check_token_ids(
+        formats.check_token_ids(
             source["input_ids"],
             int(pretrained.config.vocab_size),
             f"config.source.kind={kind!r} with the body {pretrained.path}",
         )
-    return source, embed_source(pretrained, source)
+    return source
 
 
 # --- the text proxy in ORCA's file format ---------------------------------------------------
 
 
-def text_proxy_arrays(pretrained: Pretrained, source: dict[str, np.ndarray]) -> np.ndarray:
-    """``[N, T, D]`` token embeddings (positions included) from the body's frozen input layer."""
-
-    @jax.jit
-    def fn(params, ids):
-        return pretrained.module(params).embeddings(ids)
-
-    return np.asarray(fn(pretrained.params, jnp.asarray(source["input_ids"])))
-
-
-def write_text_proxy(pretrained: Pretrained, out_dir: str, **kwargs) -> tuple[str, str]:
-    """Writes ``text_xs.npy`` (N×T×D float32) and ``text_ys.npy`` (N int) for ``pretrained``.
-
-    ORCA ships these files for RoBERTa-base only; regenerating them from labelled text works for
-    any text body. ``kwargs`` go to :func:`text_source` (classes, examples, sequence length).
-    """
-    import os
-
-    source = text_source(pretrained, **kwargs)
-    os.makedirs(out_dir, exist_ok=True)
-    xs_path, ys_path = os.path.join(out_dir, "text_xs.npy"), os.path.join(out_dir, "text_ys.npy")
-    np.save(xs_path, text_proxy_arrays(pretrained, source).astype(np.float32))
-    np.save(ys_path, source["y"].astype(np.int64))
-    return xs_path, ys_path
-
-
 def read_text_proxy(directory: str, hidden_size: int, xs: str = "text_xs.npy") -> dict:
     """Reads ``text_xs*.npy`` / ``text_ys.npy``, checking them against the body's hidden size."""
-    from xmodal_jax.data import formats
-
     xs_path = formats.require_file(directory, xs)
     ys_path = formats.require_file(directory, xs.replace("xs", "ys"))
     try:
@@ -237,8 +187,6 @@ def read_cifar10(root: str, *, n: int = 5000, seed: int = 0) -> dict[str, np.nda
     import os
     import pickle
     import tarfile
-
-    from xmodal_jax.data import formats
 
     def parse(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
         try:
@@ -291,8 +239,6 @@ def read_voc_masks(
     the void border (255). Images → float32 N×3×size×size in [0, 1]; masks → N×1×size×size.
     """
     from PIL import Image
-
-    from xmodal_jax.data import formats
 
     base = formats.require_file(root, "VOCdevkit", "VOC2012")
     ids_file = formats.require_file(base, "ImageSets", "Segmentation", f"{split}.txt")

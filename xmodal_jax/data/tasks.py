@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from xmodal_jax.models.crossmodal import TaskSpec
+from xmodal_jax.spec import TaskSpec
 
 Splits = dict[str, dict[str, np.ndarray]]
 

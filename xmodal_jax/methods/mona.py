@@ -25,10 +25,11 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from xmodal_jax import paths
 from xmodal_jax.methods.base import Context, Method, Stage
 from xmodal_jax.methods.finetune import task_loss_fn
 from xmodal_jax.models.crossmodal import apply
-from xmodal_jax.models.heads import masked_mean
+from xmodal_jax.models.source import SOURCE_KEYS
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -37,12 +38,10 @@ META_GROUPS = ("embedder", "head")  # what the meta-step trains; θ stays fixed 
 
 
 def inner_mask(body: Params, pattern: str) -> Params:
-    """1.0 for body leaves whose ``/``-joined path matches ``pattern`` (the inner-step subset)."""
+    """1.0 for body leaves whose path below the body (``layers/1/…``, :mod:`xmodal_jax.paths`)
+    ``pattern`` searches: the inner-step subset."""
     rx = re.compile(pattern)
-    flat = traverse_util.flatten_dict(body)
-    return traverse_util.unflatten_dict(
-        {k: 1.0 if rx.search("/".join(map(str, k))) else 0.0 for k in flat}
-    )
+    return paths.map_paths(lambda p, _: 1.0 if paths.matches(rx, p, "search") else 0.0, body)
 
 
 INNER_RULES = ("rms", "sgd")
@@ -144,26 +143,9 @@ def alignment_uniformity(z: Array, labels: Array, t: float = 2.0) -> tuple[Array
 
 
 def source_features(graphdef: Any, params: Params, source: dict) -> Array:
-    """Mean-pooled body features of a source batch through the frozen source embedder.
-
-    ``source`` holds ``input_ids``/``attention_mask`` (text), ``pixel_values`` (vision), or
-    precomputed ``tokens`` (ORCA's text proxy, fed straight to the body).
-    """
-    if "tokens" in source:
-        feats = apply(graphdef, params, source["tokens"], method="encode")
-        return masked_mean(feats, None)
-    if "input_ids" in source:
-        mask = source["attention_mask"]
-        feats = apply(
-            graphdef,
-            params,
-            method="source_features",
-            input_ids=source["input_ids"],
-            attention_mask=mask,
-        )
-        return masked_mean(feats, mask)
-    feats = apply(graphdef, params, method="source_features", pixel_values=source["pixel_values"])
-    return masked_mean(feats, None)
+    """Mean-pooled body features of a source batch through the frozen source embedder
+    (``CrossModalModel.pooled_source_features``: token ids, images or precomputed tokens)."""
+    return apply(graphdef, params, source, method="pooled_source_features")
 
 
 def outer_loss(graphdef: Any, params: Params, source: dict, t: float = 2.0) -> Array:
@@ -310,11 +292,7 @@ def mona_stage(name: str, cfg: Any, ctx: Context) -> Stage:
     steps = int(cfg.inner_steps)
     if mode != "exact" and steps != 1:
         raise ValueError(f"stages.{name}: meta_grad={mode!r} is defined for inner_steps=1 only")
-    source = {
-        k: v
-        for k, v in ctx.source.items()
-        if k in ("input_ids", "attention_mask", "pixel_values", "tokens", "y")
-    }
+    source = {k: v for k, v in ctx.source.items() if k in (*SOURCE_KEYS, "y")}
     kw = dict(
         graphdef=ctx.graphdef,
         loss_fn=loss_fn,
@@ -383,7 +361,8 @@ def source_retention(features: Any, labels: Any, seed: int = 0) -> dict[str, flo
 # MoNA's stage keys (spec/mona.md).
 STAGE_DEFAULTS = dict(
     # MoNA (kind="mona"): θ' = θ − inner_lr·∇θ L_in, inner_steps times, on the body leaves
-    # matching inner_params; J = L_in + meta_lambda·(align + uniformity(t)).
+    # whose path below the body (xmodal_jax.paths) inner_params searches; J = L_in +
+    # meta_lambda·(align + uniformity(t)).
     inner_lr=1e-4,
     # rms: per-leaf step α/RMS(∇θ), the size of an Adam step at lr α (the fine-tuning it
     # simulates); sgd: θ − α∇θ as the spec writes it (≈10³× smaller on a BERT body).

@@ -284,19 +284,10 @@ def init_params(name: str, cfg: Any, ctx: Context, key: Array) -> Params:
     return out
 
 
-def _special_tokens(ctx: Context) -> int:
-    # ViT's embedder prepends a class token that is never mixed.
-    return 1 if (not ctx.task.spec.is_1d and ctx.pretrained.model_type == "vit") else 0
-
-
 def source_tokens(model: Any, source: dict, skip: int) -> Array:
-    """Frozen source-embedder tokens of a source batch (or the precomputed text-proxy tokens)."""
-    if "tokens" in source:
-        z = source["tokens"]
-    else:
-        inputs = {k: source[k] for k in ("input_ids", "pixel_values") if k in source}
-        z = model.source_tokens(**inputs)
-    return jax.lax.stop_gradient(z[:, skip:])
+    """Frozen source-embedder tokens of a source batch after its ``skip`` special tokens
+    (``CrossModalModel.source_tokens``: token ids, images or the precomputed text-proxy tokens)."""
+    return jax.lax.stop_gradient(model.source_tokens(source)[:, skip:])
 
 
 def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
@@ -306,7 +297,6 @@ def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
     fam = family_of(ctx, cfg)
     task, spec = ctx.task, ctx.task.spec
     task_loss = losses.get(task.loss)
-    skip = _special_tokens(ctx)
     train = ctx.splits["train"]
     keys = ("tokens", "input_ids", "pixel_values", "y", "mask")
     source = {k: v for k, v in ctx.source.items() if k in keys}
@@ -341,6 +331,7 @@ def pare_stage(name: str, cfg: Any, ctx: Context) -> Stage:
     def loss_fn(params, batch, rng, step):
         model = crossmodal.merge(graphdef, params)
         src = {k[len("src_") :]: v for k, v in batch.items() if k.startswith("src_")}
+        skip = model.special_tokens  # ViT's class token is never mixed
         z_full = model.embed(batch["x"])
         z_t, prefix = z_full[:, skip:], z_full[:, :skip]
         z_s = source_tokens(model, src, skip)

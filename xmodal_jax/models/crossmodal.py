@@ -9,66 +9,23 @@ kept separate so that the source modality can be embedded (and is never trained 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xmodal_jax.models import embedders, heads, layers, resnet, swin
+from xmodal_jax.models import embedders, heads, layers
+from xmodal_jax.models import source as source_lib
 from xmodal_jax.models.pretrained import Pretrained, split
+from xmodal_jax.spec import OUTPUT_KINDS, TaskSpec  # noqa: F401  (OUTPUT_KINDS: re-exported)
 
 Array = jax.Array
 
-OUTPUT_KINDS = ("classification", "multilabel", "regression", "dense")
 # The groups of a CrossModalModel's params. A method may add its own groups next to them (PaRe's
 # gate, LSG's projection: see methods.PARAM_INITS); `apply` passes only these to the model.
 MODEL_GROUPS = ("embedder", "body", "head", "source_embedder")
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskSpec:
-    """What the model must map: per-example input shape → output kind and size.
-
-    ``input_shape`` is ``(C, L)`` for 1D signals, ``(C, H, W)`` for 2D fields/images/spectrograms
-    (channels first, as the tasks store them) or ``(T, C, H, W)`` for videos of ``T`` frames (each
-    frame goes through the image path; pooled outputs only). ``output`` is one of
-    :data:`OUTPUT_KINDS`; ``num_outputs`` is the number of classes / labels / regression targets,
-    or the output channels for ``dense``, whose spatial size equals the input's unless
-    ``output_hw`` says otherwise (2D only). ``tabular``: the ``L`` positions of a ``(1, L)`` input
-    are the columns of a table (no shared scale, order or locality), which picks the per-feature
-    tokenizer under ``embedder.kind="auto"`` (:class:`~xmodal_jax.models.embedders.Embed1DOptions`).
-    """
-
-    input_shape: tuple[int, ...]
-    output: str
-    num_outputs: int
-    target_seq_len: int = 512
-    output_hw: tuple[int, int] | None = None
-    tabular: bool = False
-
-    def __post_init__(self):
-        if len(self.input_shape) not in (2, 3, 4) or any(d < 1 for d in self.input_shape):
-            raise ValueError(
-                f"TaskSpec.input_shape must be (C, L), (C, H, W) or (T, C, H, W) of positive "
-                f"ints, got {self.input_shape}"
-            )
-        if len(self.input_shape) == 4 and self.output == "dense":
-            raise ValueError("video tasks (T, C, H, W) support pooled outputs only, not 'dense'")
-        if self.output not in OUTPUT_KINDS:
-            raise ValueError(f"TaskSpec.output={self.output!r}; expected one of {OUTPUT_KINDS}")
-        if self.num_outputs < 1:
-            raise ValueError(f"TaskSpec.num_outputs must be ≥ 1, got {self.num_outputs}")
-
-    @property
-    def is_1d(self) -> bool:
-        """Whether inputs are ``[C, L]`` signals."""
-        return len(self.input_shape) == 2
-
-    @property
-    def is_video(self) -> bool:
-        """Whether inputs are ``[T, C, H, W]`` frame sequences."""
-        return len(self.input_shape) == 4
 
 
 class CrossModalModel(nnx.Module):
@@ -153,27 +110,51 @@ class CrossModalModel(nnx.Module):
         """Target inputs → task outputs (logits, regression values or dense fields)."""
         return self.outputs(self.features(x))
 
-    def source_tokens(self, **inputs: Array) -> Array:
-        """Source inputs (HF names) → tokens of the frozen source embedder (input layer only).
+    @property
+    def special_tokens(self) -> int:
+        """Leading target tokens that carry no input (ViT's class token): the pooled head skips
+        them and PaRe never mixes them. The target embedder's, as it is the one adding them."""
+        return special_tokens(self.embedder)
 
-        Source images are resized to the target embedder's image size first (CIFAR-10's 32 px →
-        224 for Swin-B, as the reference does; a ResNet's task resolution), so they land on the
-        token grid the body expects; float inputs take the compute dtype.
+    def pooled_features(self, tokens: Array) -> Array:
+        """Body output tokens → the ``[B, D]`` vector the head's classifier reads (its ``pool``)."""
+        if not hasattr(self.head, "pool"):
+            raise ValueError(
+                f"pooled features need a pooled classification head (one with a `pool` method); "
+                f"the model has {type(self.head).__name__}"
+            )
+        return self.head.pool(tokens)
+
+    def source_tokens(self, source: Mapping[str, Array] | None = None, **inputs: Array) -> Array:
+        """A source batch (HF names; a dict, keywords or both) → frozen source-embedder tokens.
+
+        Precomputed ``tokens`` pass through; source images are resized to the target embedder's
+        image size first (CIFAR-10's 32 px → 224 for Swin-B, as the reference does; a ResNet's
+        task resolution), so they land on the token grid the body expects; float inputs take the
+        compute dtype. The switch over source kinds is :func:`source.input_tokens`.
         """
-        if "pixel_values" in inputs:
-            px, hw = self._in(inputs["pixel_values"]), getattr(self.embedder, "image_size", None)
-            if hw is not None:
-                px = embedders.resize_bilinear(px, hw)
-            inputs = {**inputs, "pixel_values": px}
-        return self.source_embedder(**inputs)
+        source = {**(source or {}), **inputs}
+        hw = getattr(self.embedder, "image_size", None)
+        return source_lib.input_tokens(self.source_embedder, source, image_size=hw, cast=self._in)
 
-    def source_features(self, attention_mask: Array | None = None, **inputs: Array) -> Array:
-        """Source inputs (HF names) → body output tokens through the frozen source embedder."""
-        return self.encode_frame(self.source_tokens(**inputs), attention_mask)
+    def source_features(self, source: Mapping[str, Array] | None = None, **inputs: Array) -> Array:
+        """A source batch → body output tokens through the frozen source embedder (text padding
+        masked by its ``attention_mask``)."""
+        source = {**(source or {}), **inputs}
+        return self.encode_frame(self.source_tokens(source), source.get("attention_mask"))
+
+    def pooled_source_features(
+        self, source: Mapping[str, Array] | None = None, **inputs: Array
+    ) -> Array:
+        """A source batch → ``[B, D]`` mean body features, padding excluded (MoNA's outer loss,
+        the source diagnostics)."""
+        source = {**(source or {}), **inputs}
+        return source_lib.pool(self.source_features(source), source)
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
+def special_tokens(embedder: nnx.Module) -> int:
+    """Leading tokens of ``embedder``'s output that carry no input (ViT's class token)."""
+    return int(getattr(embedder, "special_tokens", 0))
 
 
 def build_crossmodal(
@@ -210,7 +191,6 @@ def build_crossmodal(
     kind = pretrained.model_type
     c_in = task.input_shape[0]
     body_kwargs: dict[str, Any] = {}
-    skip = 0
     if task.is_1d:
         if pretrained.modality != "text":
             raise ValueError(
@@ -251,24 +231,12 @@ def build_crossmodal(
                 f"2D task input {task.input_shape} needs a vision body; {pretrained.path} is "
                 f"{kind!r}. Use a ViT/Swin/ResNet folder or flatten the task to 1D (C, H·W)."
             )
-        if kind == "resnet":
-            return _build_resnet(task, pretrained, full, frames, init_embedder_from_body, rngs)
-        is_swin = kind == "swin"
-        embedder = embedders.Embed2D(
-            c_in,
-            full.token_dim,
-            image_size=_pair(cfg.image_size),
-            patch_size=cfg.patch_size,
-            norm=is_swin,
-            cls_and_positions=not is_swin,
-            # Same epsilon as the patch norm it is copied from (HF Swin: PyTorch's 1e-5).
-            eps=full.embeddings.norm.epsilon if is_swin else cfg.layer_norm_eps,
-            rngs=rngs,
-        )
-        if is_swin:
-            body_kwargs["grid_hw"] = embedder.grid
-        else:
-            skip = 1
+        # What differs between vision bodies lives in each body's module (see `Pretrained.
+        # body_module`): its target embedder, the static body arguments, the dense head's grid.
+        body_module = pretrained.body_module
+        embedder = body_module.target_embedder(c_in, tuple(task.input_shape[1:]), cfg, full, rngs)
+        body_kwargs = body_module.body_kwargs(embedder)
+    skip = special_tokens(embedder)
     if init_embedder_from_body:
         embedders.init_from_body(embedder, full.embeddings)
 
@@ -276,11 +244,8 @@ def build_crossmodal(
         if task.is_1d:
             head = heads.Dense1DHead(task.num_outputs, embedder.stride, task.input_shape[1])
         else:
-            grid = (
-                swin.output_grid(tuple(cfg.depths), embedder.grid)
-                if kind == "swin"
-                else embedder.grid
-            )
+            text = pretrained.modality == "text"
+            grid = embedder.grid if text else pretrained.body_module.dense_grid(cfg, embedder)
             head = heads.Dense2DHead(
                 full.output_dim,
                 grid=grid,
@@ -295,42 +260,6 @@ def build_crossmodal(
             full.output_dim, task.num_outputs, skip_tokens=skip, frames=frames or 1, rngs=rngs
         )
 
-    model = CrossModalModel(embedder, full.encoder, head, full.embeddings, body_kwargs, frames)
-    return _split_fresh(model)
-
-
-def _build_resnet(
-    task: TaskSpec,
-    pretrained: Pretrained,
-    full: nnx.Module,
-    frames: int,
-    init_embedder_from_body: bool,
-    rngs: nnx.Rngs,
-) -> tuple[nnx.GraphDef, dict]:
-    """ResNet: embedder = a new stem for the task's channels and size; body = the stages.
-
-    The stem (conv 7×7/2 + BN + max pool) is the ResNet's input layer, so it plays the role of
-    the patch embedding: the target stem copies the pretrained one (kernel adapted to the input
-    channels, :func:`resnet.adapt_stem_kernel`), the pretrained stem stays the source embedder.
-    The pooled head reads the mean of the final feature map (HF's ``pooler_output``).
-    """
-    if task.output == "dense":
-        raise ValueError(
-            "dense outputs are not implemented for ResNet bodies (no decoder head for a "
-            "strided CNN yet); use a ViT/Swin body for dense tasks"
-        )
-    cfg = pretrained.config
-    embedder = resnet.ResNetStem(
-        task.input_shape[0],
-        cfg.embedding_size,
-        cfg.hidden_act,
-        rngs,
-        image_size=tuple(task.input_shape[1:]),
-    )
-    if init_embedder_from_body:
-        embedders.init_from_body(embedder, full.embeddings)
-    head = heads.PooledHead(full.output_dim, task.num_outputs, rngs=rngs)
-    body_kwargs = {"grid_hw": embedder.grid}
     model = CrossModalModel(embedder, full.encoder, head, full.embeddings, body_kwargs, frames)
     return _split_fresh(model)
 
@@ -381,7 +310,8 @@ def apply(graphdef: nnx.GraphDef, params: dict, *args: Any, method: str = "__cal
     """Pure forward: merges ``params`` into ``graphdef`` and calls ``method`` (jit/grad-safe).
 
     ``apply(g, p, x)`` gives task outputs; ``method="features"`` the body tokens;
-    ``method="source_features", input_ids=...`` the source path. Method groups in ``params``
+    ``method="source_features", input_ids=...`` the source path (``"pooled_source_features"``
+    its mean). Method groups in ``params``
     (PaRe's gate, LSG's projection) ride along unused.
     """
     return getattr(merge(graphdef, params), method)(*args, **kw)

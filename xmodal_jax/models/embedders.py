@@ -306,6 +306,11 @@ class Embed2D(nnx.Module):
         else:
             self.cls_token = self.position = None
 
+    @property
+    def special_tokens(self) -> int:
+        """Leading tokens that carry no input: the class token, when there is one."""
+        return 0 if self.cls_token is None else 1
+
     def __call__(self, x: Array) -> Array:
         chex.assert_rank(x, 4)
         if x.shape[1] != self.in_channels:

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from xmodal_jax.models import embedders
 from xmodal_jax.models.weights import Rule, Transform, WeightLoadError, require
 
 Array = jax.Array
@@ -109,4 +110,22 @@ def _attention(src: str, dst: str, old: str) -> tuple[Rule, ...]:
 def _mlp(src: str, dst: str) -> tuple[Rule, ...]:
     return _linear(src + r"(?:intermediate\.dense|mlp\.fc1)", dst + "mlp.fc1") + _linear(
         src + r"(?:output\.dense|mlp\.fc2)", dst + "mlp.fc2"
+    )
+
+
+def patch_target_embedder(
+    c_in: int, cfg: Any, token_dim: int, rngs: nnx.Rngs, *, patch_norm: bool, eps: float
+) -> embedders.Embed2D:
+    """A new patch embedding for ``c_in`` channels shaped like a ViT/Swin body's own: the body's
+    image and patch size (inputs of another size are resized), and either a patch LayerNorm
+    (Swin) or a class token with positions (ViT)."""
+    return embedders.Embed2D(
+        c_in,
+        token_dim,
+        image_size=tuple(cfg.image_size),
+        patch_size=cfg.patch_size,
+        norm=patch_norm,
+        cls_and_positions=not patch_norm,
+        eps=eps,
+        rngs=rngs,
     )

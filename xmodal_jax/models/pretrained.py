@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from xmodal_jax.data.formats import check_token_ids
 from xmodal_jax.models import layers, weights
 from xmodal_jax.models.weights import WeightLoadError
 
@@ -192,6 +193,13 @@ class Pretrained:
         body = layers.abstract_module(self.graphdef, self.params)
         return int(body.token_dim), int(body.output_dim)
 
+    @property
+    def body_module(self) -> Any:
+        """The module of this architecture (``text``, ``vit``, ``swin``, ``resnet``): its weight
+        table, and for vision bodies what ``build_crossmodal`` asks of them (``target_embedder``,
+        ``body_kwargs``, ``dense_grid``)."""
+        return importlib.import_module(ARCHITECTURES[self.model_type].module)
+
     def random_params(self, seed: int = 0) -> dict:
         """Freshly initialised params of the same architecture (the from-scratch baseline)."""
         arch = ARCHITECTURES[self.model_type]
@@ -212,29 +220,23 @@ class Pretrained:
             raise WeightLoadError(f"{self.path}: cannot load the tokenizer files: {e}") from e
 
 
-def check_token_ids(ids: np.ndarray, vocab_size: int, where: str) -> np.ndarray:
-    """Token ids in ``[0, vocab_size)``; otherwise a ValueError naming the bad id and where."""
-    ids = np.asarray(ids)
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-        bad = ids[(ids < 0) | (ids >= vocab_size)]
-        raise ValueError(
-            f"{where}: token id {int(bad.flat[0])} is outside the vocabulary [0, {vocab_size}) "
-            f"({bad.size} such ids); was the text tokenised with another model's tokenizer?"
-        )
-    return ids
-
-
-def load_pretrained(path: str | None = None, *, dtype: Any = jnp.float32) -> Pretrained:
+def load_pretrained(
+    path: str | None = None, *, dtype: Any = jnp.float32, abstract: bool = False
+) -> Pretrained:
     """Loads a local HF folder (``None`` = the shipped MiniLM-L6) into a :class:`Pretrained`.
 
     Reads ``config.json`` (``model_type`` picks BERT/RoBERTa/ViT/Swin), builds the model abstractly
     (no random init is materialised), maps every safetensors key through the architecture's regex
     table and reports all missing, unexpected or mis-shaped keys in one :class:`WeightLoadError`.
+    ``abstract=True`` reads the architecture only: ``params`` are ``ShapeDtypeStruct``s (enough to
+    build a model's graph and shapes, as ``xmodal-eval`` does before restoring a checkpoint).
     """
     path = os.path.abspath(os.path.expanduser(path if path is not None else default_path()))
     model_type, arch, config = read_config(path)
-    abstract = nnx.eval_shape(lambda: build(arch, config))
-    graphdef, abstract_params = split(abstract)
+    graphdef, abstract_params = split(nnx.eval_shape(lambda: build(arch, config)))
+    if abstract:
+        shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype), abstract_params)
+        return Pretrained(path, model_type, arch.modality, config, graphdef, shapes)
     tensors = weights.read_safetensors(weights.safetensors_files(path))
     if arch.convert is not None:
         tensors = arch.resolve("convert")(tensors)

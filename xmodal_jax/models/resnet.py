@@ -454,3 +454,32 @@ RESNET_HF_RULES: tuple[Rule, ...] = (
 )
 # The image-classification head a ResNetForImageClassification checkpoint carries.
 RESNET_HF_IGNORE: tuple[str, ...] = (r"classifier\..*",)
+
+# --- as the body of a CrossModalModel (models.crossmodal.build_crossmodal) ----------------------
+
+
+def target_embedder(
+    c_in: int, hw: tuple[int, int], cfg: ResNetConfig, model: nnx.Module, rngs: nnx.Rngs
+) -> ResNetStem:
+    """The new target embedder: a stem for the task's channels and size ``hw``.
+
+    The stem (conv 7×7/2 + BN + max pool) is the ResNet's input layer, so it plays the role of
+    the patch embedding: the target stem copies the pretrained one (kernel adapted to the input
+    channels, :func:`adapt_stem_kernel`), the pretrained stem stays the source embedder. The
+    pooled head reads the mean of the final feature map (HF's ``pooler_output``).
+    """
+    del model
+    return ResNetStem(c_in, cfg.embedding_size, cfg.hidden_act, rngs, image_size=hw)
+
+
+def body_kwargs(embedder: nnx.Module) -> dict[str, Any]:
+    """Static arguments of the stages: the stem's output grid (the tokens are a flat map)."""
+    return {"grid_hw": embedder.grid}
+
+
+def dense_grid(cfg: ResNetConfig, embedder: nnx.Module) -> tuple[int, int]:
+    """No dense head reads a ResNet yet: always a ValueError."""
+    raise ValueError(
+        "dense outputs are not implemented for ResNet bodies (no decoder head for a "
+        "strided CNN yet); use a ViT/Swin body for dense tasks"
+    )

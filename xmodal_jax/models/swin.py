@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from xmodal_jax.models import layers
+from xmodal_jax.models import embedders, layers
 from xmodal_jax.models.hf_vision import (
     _INIT,
     _TORCH_LN_EPS,
@@ -33,6 +33,7 @@ from xmodal_jax.models.hf_vision import (
     _optional,
     _pair,
     _positive,
+    patch_target_embedder,
 )
 from xmodal_jax.models.weights import Rule, Transform, WeightLoadError, require
 
@@ -396,3 +397,26 @@ SWIN_HF_IGNORE: tuple[str, ...] = (
     r"embeddings\.mask_token",
     r".*\.relative_position_index",
 )
+
+# --- as the body of a CrossModalModel (models.crossmodal.build_crossmodal) ----------------------
+
+
+def target_embedder(
+    c_in: int, hw: tuple[int, int], cfg: SwinConfig, model: nnx.Module, rngs: nnx.Rngs
+) -> embedders.Embed2D:
+    """The new target embedder: a patch embedding with the body's patch LayerNorm (no class
+    token, no positions) for ``c_in`` channels; inputs are resized to the body's image size."""
+    del hw
+    # Same epsilon as the patch norm it is copied from (HF Swin: PyTorch's 1e-5).
+    eps = model.embeddings.norm.epsilon
+    return patch_target_embedder(c_in, cfg, model.token_dim, rngs, patch_norm=True, eps=eps)
+
+
+def body_kwargs(embedder: nnx.Module) -> dict[str, Any]:
+    """Static arguments of the encoder: the patch grid its windows and merges work on."""
+    return {"grid_hw": embedder.grid}
+
+
+def dense_grid(cfg: SwinConfig, embedder: nnx.Module) -> tuple[int, int]:
+    """The token grid a dense head reads: the patch grid after every patch merging."""
+    return output_grid(tuple(cfg.depths), embedder.grid)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xmodal_jax.models import layers
+from xmodal_jax.models import embedders, layers
 from xmodal_jax.models.hf_vision import (
     _INIT,
     _attention,
@@ -29,6 +29,7 @@ from xmodal_jax.models.hf_vision import (
     _optional,
     _pair,
     _positive,
+    patch_target_embedder,
 )
 from xmodal_jax.models.weights import Rule, Transform, WeightLoadError, require
 
@@ -220,3 +221,28 @@ VIT_HF_IGNORE: tuple[str, ...] = (
     r"decoder\..*",
     r"embeddings\.mask_token",
 )
+
+# --- as the body of a CrossModalModel (models.crossmodal.build_crossmodal) ----------------------
+
+
+def target_embedder(
+    c_in: int, hw: tuple[int, int], cfg: ViTConfig, model: nnx.Module, rngs: nnx.Rngs
+) -> embedders.Embed2D:
+    """The new target embedder: a patch embedding like the body's own (class token and
+    positions) for ``c_in`` channels; inputs of any ``hw`` are resized to the body's image size."""
+    del hw
+    return patch_target_embedder(
+        c_in, cfg, model.token_dim, rngs, patch_norm=False, eps=cfg.layer_norm_eps
+    )
+
+
+def body_kwargs(embedder: nnx.Module) -> dict[str, Any]:
+    """Static arguments of the encoder for ``embedder``'s tokens: none (positions are added)."""
+    del embedder
+    return {}
+
+
+def dense_grid(cfg: ViTConfig, embedder: nnx.Module) -> tuple[int, int]:
+    """The token grid a dense head reads: the patch grid (the encoder keeps it)."""
+    del cfg
+    return embedder.grid

@@ -9,6 +9,7 @@ import numpy as np
 from xmodal_jax import metrics, parallel
 from xmodal_jax.data import pipeline, tasks
 from xmodal_jax.models import crossmodal
+from xmodal_jax.models.source import SOURCE_KEYS
 from xmodal_jax.train.setup import Run
 
 # --- evaluation -----------------------------------------------------------------------------------
@@ -79,10 +80,7 @@ def source_diagnostics(run: Run, params: dict, batch: int = 64) -> dict[str, flo
     """Source-knowledge retention of ``params``' body (see :func:`mona.source_retention`)."""
     from xmodal_jax.methods import mona
 
-    keys = [
-        k for k in ("input_ids", "attention_mask", "pixel_values", "tokens") if k in run.ctx.source
-    ]
-    arrays = {k: run.ctx.source[k] for k in keys}
+    arrays = {k: v for k, v in run.ctx.source.items() if k in SOURCE_KEYS}
     arrays["y"] = run.ctx.source["y"]
     fn = _source_feature_fn(run)
     feats = []

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from xmodal_jax import parallel
+from xmodal_jax import parallel, paths
 
 if TYPE_CHECKING:  # the step and optimizer import without the data pipeline set-up pulls in
     from xmodal_jax.train.setup import Run
@@ -78,18 +78,18 @@ def make_optimizer(cfg: Any, params: dict, num_steps: int) -> optax.GradientTran
 def train_labels(params: dict, trainable: tuple[str, ...], freeze: str = "") -> dict:
     """``"train"`` / ``"frozen"`` per leaf: the trainable groups minus leaves matching ``freeze``.
 
-    ``freeze`` is a regex on the ``group/…/leaf`` path (e.g. PaRe's Darcy "Wv" recipe freezes
-    ``body/.*attn/(query|key)/``); frozen leaves get no optimizer state and no update.
+    ``freeze`` is a regex searched in the ``group/…/leaf`` path (:mod:`xmodal_jax.paths`; e.g.
+    PaRe's Darcy "Wv" recipe freezes ``body/.*attn/(query|key)/``); frozen leaves get no
+    optimizer state and no update.
     """
     rx = re.compile(freeze) if freeze else None
 
-    def label(path, _):
-        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    def label(name: str, _: Any) -> str:
         group = name.split("/", 1)[0]
-        ok = group in trainable and not (rx is not None and rx.search(name))
+        ok = group in trainable and not (rx is not None and paths.matches(rx, name, "search"))
         return "train" if ok else "frozen"
 
-    return jax.tree_util.tree_map_with_path(label, params)
+    return paths.map_paths(label, params)
 
 
 # --- steps ----------------------------------------------------------------------------------------

@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from xmodal_jax import config_lib, methods, parallel
+from xmodal_jax import config_lib, methods, parallel, paths
 from xmodal_jax.data import formats, pipeline, sources, tasks
 from xmodal_jax.methods.base import Context, Stage
 from xmodal_jax.models import crossmodal, embedders, layers
+from xmodal_jax.models import source as source_path
 from xmodal_jax.models.pretrained import Pretrained, load_pretrained
 
 # --- set-up ---------------------------------------------------------------------------------------
@@ -98,29 +99,20 @@ def target_decoder(task: tasks.Task, splits: dict):
     return lambda out: out * std + mean
 
 
-def setup(config: ml_collections.ConfigDict, *, eval_only: bool = False) -> Run:
-    """Mesh, data, pretrained body, sharded model init and stage context (no training).
+def build_model(
+    config: ml_collections.ConfigDict,
+    task: tasks.Task,
+    pretrained: Pretrained,
+    mesh: jax.sharding.Mesh,
+    *,
+    abstract: bool = False,
+) -> tuple[Any, dict, Any]:
+    """``(graphdef, params, shardings)`` of the run's model groups, built sharded on ``mesh``.
 
-    ``eval_only``: what evaluating a checkpoint needs and nothing more: ``run.params`` is the
-    abstract model tree (ShapeDtypeStructs with shardings; restore fills it), no source data is
-    read and no method-owned groups (PaRe's gate, LSG's graph) are built.
+    ``abstract``: ``params`` are ``ShapeDtypeStruct``s carrying their shardings (a restore target;
+    nothing is initialised, so ``pretrained`` may be loaded without weights). The graphdef has
+    the configured per-block remat and compute dtype (static attributes; params unaffected).
     """
-    # Mesh.
-    mesh = parallel.make_mesh(
-        int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.get("num_devices", 0))
-    )
-    config_lib.validate(config, num_devices=mesh.size, training=not eval_only)
-    # Input.
-    task = tasks.get(config.task)
-    splits = load_splits(config, task)
-    # Model: pretrained body (or its random re-init), then a sharded jitted build.
-    pretrained = load_pretrained(config.body.path or None)
-    body_params = (
-        pretrained.params
-        if config.body.init == "pretrained"
-        else pretrained.random_params(int(config.seed))
-    )
-    body_params = jax.device_get(body_params)  # host numpy: valid jit input on every process
     emb = embedders.Embed1DOptions(**config.embedder)
     captured = {}
 
@@ -131,27 +123,53 @@ def setup(config: ml_collections.ConfigDict, *, eval_only: bool = False) -> Run:
         captured["graphdef"] = graphdef
         return params
 
-    abstract = jax.eval_shape(init, body_params)
-    shardings = parallel.param_shardings(abstract, mesh, [tuple(r) for r in config.sharding_rules])
-    if eval_only:
+    if abstract:
+        body_params = pretrained.params  # shapes are all the build needs
+    elif config.body.init == "pretrained":
+        body_params = jax.device_get(pretrained.params)  # host numpy: valid jit input anywhere
+    else:
+        body_params = jax.device_get(pretrained.random_params(int(config.seed)))
+    shapes = jax.eval_shape(init, body_params)
+    shardings = parallel.param_shardings(shapes, mesh, [tuple(r) for r in config.sharding_rules])
+    if abstract:
         params = jax.tree.map(
-            lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, shardings
+            lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), shapes, shardings
         )
     else:
         params = jax.jit(init, out_shardings=shardings)(body_params)
-    # Per-block remat is a static attribute of the graphdef; the params are the same either way.
-    graphdef = layers.with_remat(captured["graphdef"], abstract, config.body.get("remat", "none"))
+    graphdef = layers.with_remat(captured["graphdef"], shapes, config.body.get("remat", "none"))
     if config.get("compute_dtype", "float32") != "float32":
-        graphdef = crossmodal.with_compute_dtype(graphdef, abstract, config.compute_dtype)
+        graphdef = crossmodal.with_compute_dtype(graphdef, shapes, config.compute_dtype)
+    return graphdef, params, shardings
+
+
+def setup(config: ml_collections.ConfigDict, *, eval_only: bool = False) -> Run:
+    """Mesh, data, pretrained body, sharded model init and stage context (no training).
+
+    ``eval_only``: what evaluating a checkpoint needs and nothing more: the body's architecture
+    without its weights, ``run.params`` the abstract model tree (ShapeDtypeStructs with
+    shardings; restore fills it); no source data is read and no method-owned groups (PaRe's
+    gate, LSG's graph) are built.
+    """
+    # Mesh.
+    mesh = parallel.make_mesh(
+        int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.get("num_devices", 0))
+    )
+    config_lib.validate(config, num_devices=mesh.size, training=not eval_only)
+    # Input.
+    task = tasks.get(config.task)
+    splits = load_splits(config, task)
+    decode = target_decoder(task, splits)
+    # Model: pretrained body (or its random re-init), then a sharded jitted build.
+    pretrained = load_pretrained(config.body.path or None, abstract=eval_only)
+    graphdef, params, shardings = build_model(config, task, pretrained, mesh, abstract=eval_only)
     if eval_only:
-        ctx = Context(graphdef, task, pretrained, splits, None, None, config)
-        ctx = dataclasses.replace(ctx, decode=target_decoder(task, splits))
+        ctx = Context(graphdef, task, pretrained, splits, None, None, config, decode)
         return Run(config, mesh, task, splits, pretrained, graphdef, params, shardings, ctx)
     # Source data for alignment objectives.
-    source, feats = sources.load(config.source, pretrained, seed=int(config.seed))
-    ctx = Context(
-        graphdef, task, pretrained, splits, source, feats, config, target_decoder(task, splits)
-    )
+    source = sources.load(config.source, pretrained, seed=int(config.seed))
+    feats = None if source is None else source_path.embed_source(pretrained, source)
+    ctx = Context(graphdef, task, pretrained, splits, source, feats, config, decode)
     extra, extra_shardings = method_params(config, ctx, mesh)
     params, shardings = {**params, **extra}, {**shardings, **extra_shardings}
     return Run(config, mesh, task, splits, pretrained, graphdef, params, shardings, ctx)
@@ -188,19 +206,13 @@ def method_params(
     return jax.jit(init, out_shardings=shardings)(), shardings
 
 
-def _param_paths(params: dict) -> list[str]:
-    return [
-        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
-    ]
-
-
 def _check_freeze(name: str, cfg: Any, params: dict) -> None:
     """A ``freeze`` regex must match a leaf of a trainable group: a typo must not silently
     train everything."""
     rx = re.compile(cfg.freeze)
-    trainable = [p for p in _param_paths(params) if p.split("/", 1)[0] in tuple(cfg.trainable)]
-    if not any(rx.search(p) for p in trainable):
+    groups = tuple(cfg.trainable)
+    trainable = [p for p in paths.leaf_paths(params) if p.split("/", 1)[0] in groups]
+    if not any(paths.matches(rx, p, "search") for p in trainable):
         raise ValueError(
             f"stages.{name}.freeze={cfg.freeze!r} matches no parameter of the trainable groups "
             f"{list(cfg.trainable)}; paths look like {trainable[:3]}"

@@ -55,6 +55,5 @@ from xmodal_jax.methods.lsg.stage import (  # noqa: F401
     init_params,
     lsg_loss,
     lsg_stage,
-    pooled_features,
     prepare_graph,
 )

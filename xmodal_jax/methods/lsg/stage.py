@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from xmodal_jax import losses
 from xmodal_jax.methods.base import Context, Method, Stage
@@ -30,7 +29,7 @@ from xmodal_jax.methods.lsg.prompts import (
     default_cache_dir,
     label_embeddings,
 )
-from xmodal_jax.models import crossmodal, gnn, heads
+from xmodal_jax.models import crossmodal, gnn
 from xmodal_jax.models.pretrained import read_config
 
 Array = jax.Array
@@ -123,19 +122,6 @@ def augment(key: Array, x: Array, *, shift: float = 0.125, noise: float = 0.05) 
         std = x.reshape(b, -1).std(1).reshape((b,) + (1,) * (x.ndim - 1))
         x = x + noise * std * jax.random.normal(k_noise, x.shape, x.dtype)
     return x
-
-
-def pooled_features(head: nnx.Module, tokens: Array) -> Array:
-    """The feature vector the head's classifier reads: a head's ``pool`` method, or PooledHead's
-    mean over the tokens after its skipped (class) tokens."""
-    if hasattr(head, "pool"):
-        return head.pool(tokens)
-    if isinstance(head, heads.PooledHead):
-        return heads.masked_mean(tokens[:, head.skip_tokens :], None)
-    raise ValueError(
-        f"LSG needs a pooled classification head (PooledHead or one with a `pool` method); the "
-        f"model has {type(head).__name__}"
-    )
 
 
 # --- stage kind "lsg" -----------------------------------------------------------------------------
@@ -289,7 +275,7 @@ def lsg_stage(name: str, cfg: Any, ctx: Context) -> Stage:
         if cg == 0 and cc == 0:
             return ce, metrics
         proj = params[PROJ_GROUP]
-        pooled = pooled_features(model.head, tokens).astype(proj["kernel"].dtype)
+        pooled = model.pooled_features(tokens).astype(proj["kernel"].dtype)
         h = pooled @ proj["kernel"] + proj["bias"]
         if normalize_h:
             h = h / jnp.maximum(jnp.linalg.norm(h, axis=1, keepdims=True), 1e-12)
