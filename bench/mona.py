@@ -9,8 +9,9 @@ the same size (``input_ids`` / ``attention_mask`` ``[B, 8]`` int32 and 4-class l
   ``finetune.task_loss_fn`` stage (embedder + body + head, AdamW lr 1e-4), jitted with the state
   donated and rebound every step, as ``train_lib.train`` runs it.
 - **MoNA meta-steps**: ``methods.mona.meta_grad`` (inner lr α = 1e-4, λ = 0.4, t = 2, one inner
-  step with the stage's default rule, ``inner_rule="rms"``: Adam-sized) followed by an Adam update of the trainable groups (embedder + head; the body and the
-  frozen source embedder are a fixed argument), jitted with (trainable, optimiser state) donated
+  step with the stage's default rule, ``inner_rule="rms"``: Adam-sized) followed by an Adam
+  update of the trainable groups (embedder + head; the body and the frozen source embedder are a
+  fixed argument), jitted with (trainable, optimiser state) donated
   and rebound. Variants: ``mode="exact"`` (reverse-over-reverse), ``"first_order"`` (DARTS finite
   difference), ``"taylor"``; ``exact+remat`` (the loss function given to ``meta_grad`` wrapped in
   ``jax.checkpoint``); ``exact+block remat`` / ``first_order+block`` (per-block remat inside the
