@@ -204,6 +204,18 @@ def _pare_config(tiny_config, **over):
     return cfg
 
 
+def test_max_fraction_zero_is_the_k0_ablation_in_every_family(tiny_config, tmp_path):
+    # bench/compare_methods.py's pare_k0: pare_begin/pare_end set only the 2D/dense schedule, so
+    # the ablation caps k at 0 instead, which holds for the 1D family too (this task).
+    cfg = _pare_config(tiny_config)
+    cfg.stages.pare.pare_max_fraction = 0.0
+    train_lib.train(cfg, str(tmp_path), verbose=False)
+    train = [r for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if r["split"] == "train"]
+    assert len(train) == 12 and all(r["k"] == 0.0 for r in train)
+    assert all(r["pare/replaced_fraction"] == 0.0 for r in train)
+    assert all(np.isfinite(r["loss"]) and np.isfinite(r["source_loss"]) for r in train)
+
+
 def test_pare_stage_follows_the_k_schedule_in_the_trainer(tiny_config, tmp_path):
     # (8 devices vs 1 for the PaRe step: tests/test_scale.py)
     train_lib.train(_pare_config(tiny_config), str(tmp_path), verbose=False)

@@ -431,7 +431,7 @@ METHOD = Method(
     defaults=STAGE_DEFAULTS,
     ranges=(
         ("pare_tau", 0.0, None, False),
-        ("pare_max_fraction", 0.0, None, False),
+        ("pare_max_fraction", 0.0, None, True),  # 0: no token is ever replaced (k = 0 ablation)
         ("pare_phase_a_fraction", 0.0, 1.0, True),
     ),
     groups=GROUPS,
