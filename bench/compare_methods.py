@@ -45,7 +45,8 @@ TASKS = {
 # recipe, seeds and budget with the mechanism switched off — MoNA without its meta term
 # (λ = 0: the (φ, ψ) stage trains on the inner target loss only), PaRe with k = 0 (gate, source
 # head and both losses kept, no token replaced: k capped at 0 via pare_max_fraction, which holds
-# in every family; pare_begin/pare_end set only the 2D/dense schedule, so 1D tasks ignored them). Their rows also get a paired Δ to the method.
+# in every family; pare_begin/pare_end set only the 2D/dense schedule, so 1D tasks ignored them).
+# Their rows also get a paired Δ to the method.
 ABLATIONS = {
     "mona_lam0": ("mona", {"stages.mona.meta_lambda": 0.0}),
     "pare_k0": ("pare", {"stages.pare.pare_max_fraction": 0.0}),
