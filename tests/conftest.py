@@ -42,7 +42,11 @@ def tiny_hf(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_bert_path(tmp_path_factory, minilm):
-    """A tiny random BERT (hidden 32, 2 layers) with MiniLM's tokenizer: fast trainer tests."""
+    """A tiny random BERT (hidden 32, 1 layer) with MiniLM's tokenizer: fast trainer tests.
+
+    One layer: XLA's compile time, most of the suite's, grows with depth; layer stacking is
+    covered by the 6-layer MiniLM parity tests.
+    """
     import shutil
 
     import torch
@@ -51,7 +55,7 @@ def tiny_bert_path(tmp_path_factory, minilm):
     cfg = transformers.BertConfig(
         vocab_size=30522,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=1,
         num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=128,

@@ -1,13 +1,16 @@
-"""Every method's step on FSDP (1×8), data (8×1) and mixed (2×4) meshes equals the 1-device run."""
+"""Every method's step on mixed (2×4), FSDP (1×8) and data (8×1) meshes equals the 1-device run.
+
+The default run checks the 2×4 mesh (both axes at once); ``pytest -m slow`` adds 1×8 and 8×1.
+"""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.test_train import train_losses
 from xmodal_jax import config_lib, train_lib
-
-MESHES = [(1, 8), (8, 1), (2, 4)]  # (data, fsdp) on 8 fake CPU devices
 
 
 def _all_methods_config(tiny_config, data: int, fsdp: int, n: int):
@@ -32,13 +35,20 @@ def _all_methods_config(tiny_config, data: int, fsdp: int, n: int):
     return cfg
 
 
-def test_every_methods_step_on_every_mesh_gives_the_one_device_losses(tiny_config, tmp_path):
+def _meshes_match_one_device(tiny_config, tmp_path, meshes) -> dict:
+    """Trains every method's step on each ``(data, fsdp)`` mesh; returns per-device arg bytes.
+
+    Each mesh's losses must equal the 1-device run's to 1e-5 relative; the returned dict maps
+    each mesh (and ``(1, 1)``, the 1-device run) to its fine-tune step's argument bytes.
+    """
     ref_dir = tmp_path / "one"
     train_lib.train(_all_methods_config(tiny_config, 1, 1, 1), str(ref_dir), verbose=False)
     ref = train_losses(ref_dir)
     assert sorted(ref) == list(range(1, 8))  # 1 align (OTDD) + 2 MoNA + 2 PaRe + 2 fine-tune
-    worst, args = {}, {}
-    for data, fsdp in MESHES:
+    one = json.loads((ref_dir / "compile.json").read_text())["finetune"]
+    args = {(1, 1): one["argument_bytes"]}
+    worst = {}
+    for data, fsdp in meshes:
         wd = tmp_path / f"{data}x{fsdp}"
         train_lib.train(_all_methods_config(tiny_config, data, fsdp, 8), str(wd), verbose=False)
         got = train_losses(wd)
@@ -47,12 +57,29 @@ def test_every_methods_step_on_every_mesh_gives_the_one_device_losses(tiny_confi
         stats = json.loads((wd / "compile.json").read_text())
         assert set(stats) == {"align", "mona", "pare", "finetune"}
         assert all(v["flops"] > 0 and v["peak_bytes"] > 0 for v in stats.values())
-        args[fsdp] = stats["finetune"]["argument_bytes"]
+        args[(data, fsdp)] = stats["finetune"]["argument_bytes"]
     print(f"\nOTDD, MoNA, PaRe, fine-tune steps: max relative loss diff vs 1 device {worst}")
     assert max(worst.values()) <= 1e-5
+    return args
+
+
+def test_every_methods_step_on_a_mixed_mesh_gives_the_one_device_losses(tiny_config, tmp_path):
+    """The default run's check: the 2×4 mesh shards both the batch and the parameters."""
+    args = _meshes_match_one_device(tiny_config, tmp_path, [(2, 4)])
+    # FSDP really shards: each device holds 1/4 of every matched kernel under fsdp = 4.
+    print(
+        f"fine-tune step's per-device argument bytes, 2x4 / 1 device: {args[2, 4] / args[1, 1]:.3f}"
+    )
+    assert args[2, 4] / args[1, 1] < 0.5
+
+
+@pytest.mark.slow
+def test_every_methods_step_on_every_mesh_gives_the_one_device_losses(tiny_config, tmp_path):
+    """The pure FSDP (1×8) and pure data-parallel (8×1) meshes (``pytest -m slow``)."""
+    args = _meshes_match_one_device(tiny_config, tmp_path, [(1, 8), (8, 1)])
     # FSDP really shards: each device holds 1/8 of every matched kernel under fsdp = 8.
-    print(f"fine-tune step's per-device argument bytes, fsdp 8 / data 8: {args[8] / args[1]:.3f}")
-    assert args[8] / args[1] < 0.5
+    print(f"per-device argument bytes, fsdp 8 / data 8: {args[1, 8] / args[8, 1]:.3f}")
+    assert args[1, 8] / args[8, 1] < 0.5
 
 
 def test_bfloat16_compute_with_float32_master_weights(tiny_config, tmp_path):
