@@ -93,8 +93,21 @@ def test_two_processes_match_one_process(tiny_bert_path, tmp_path):
     got = evaluate_workdir(str(two), "best", "test")
     assert got["value"] == pytest.approx(rb["test_best"])
 
-    # And the other way: a 1-process run stopped after 6 steps resumes in 2 processes, and the
-    # finished run has the uninterrupted 1-process losses.
+
+@pytest.mark.slow
+def test_one_process_run_resumes_in_two_processes(tiny_bert_path, tmp_path):
+    """A 1-process run stopped after 6 steps resumes in 2 processes (``pytest -m slow``)."""
+    one = tmp_path / "one"
+    single = subprocess.run(
+        _cmd(tiny_bert_path, one),
+        cwd=ROOT,
+        env=_env(4),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    a = train_losses(one)
     part = tmp_path / "one_then_two"
     first = subprocess.run(
         _cmd(tiny_bert_path, part, "--config.stop_after=6"),
@@ -112,5 +125,5 @@ def test_two_processes_match_one_process(tiny_bert_path, tmp_path):
     assert "resuming" in outs[0][1] + outs[0][0]
     c = train_losses(part)
     rel = max(abs(a[s] - c[s]) / abs(a[s]) for s in a)
-    print(f"1 process (6 steps) → resumed in 2 processes vs 1 process: max rel. diff {rel:.2e}")
+    print(f"\n1 process (6 steps) → resumed in 2 processes vs 1 process: max rel. diff {rel:.2e}")
     assert sorted(c) == sorted(a) and rel <= 1e-5

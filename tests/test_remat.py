@@ -89,10 +89,23 @@ def _temp_bytes(fn, *args) -> int:
     return int(stats.temp_size_in_bytes)
 
 
-def test_remat_lowers_compiled_temp_memory(tiny_bert_path):
-    # Long sequences and a wide batch, so activations (not weights) dominate the working set.
+def test_remat_lowers_compiled_temp_memory(tiny_hf):
+    import torch
+    import transformers
+
+    # Four layers (the shared tiny body has one, and one layer's activations are needed in full
+    # either way); long sequences and a wide batch, so activations dominate the working set.
+    cfg = transformers.BertConfig(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=160,
+    )
+    torch.manual_seed(0)
     spec = xm.TaskSpec((1, 128), "classification", 3, target_seq_len=128)
-    graphdef, params = _model(tiny_bert_path, spec)
+    graphdef, params = _model(tiny_hf(transformers.BertModel(cfg)), spec)
     x = jnp.zeros((32, 1, 128), jnp.float32)
     y = jnp.zeros((32,), jnp.int32)
     temp = {
