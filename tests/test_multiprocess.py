@@ -62,22 +62,32 @@ def _launch_two(tiny_bert_path, workdir) -> list[subprocess.Popen]:
     ]
 
 
-def test_two_processes_match_one_process(tiny_bert_path, tmp_path):
-    two = tmp_path / "two"
-    procs = _launch_two(tiny_bert_path, two)
-    one = tmp_path / "one"
-    single = subprocess.run(
-        _cmd(tiny_bert_path, one),
+def _run_one(tiny_bert_path, workdir, *extra) -> None:
+    """The 1-process run (4 CPU devices) of ``_cmd`` on ``workdir``; it must succeed."""
+    proc = subprocess.run(
+        _cmd(tiny_bert_path, workdir, *extra),
         cwd=ROOT,
         env=_env(4),
         capture_output=True,
         text=True,
         timeout=600,
     )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _wait_two(procs: list[subprocess.Popen]) -> list[tuple[str, str]]:
+    """Waits for the 2-process run; both must succeed. Returns their (stdout, stderr)."""
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
-    assert single.returncode == 0, single.stderr[-3000:]
+    return outs
+
+
+def test_two_processes_match_one_process(tiny_bert_path, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    procs = _launch_two(tiny_bert_path, two)
+    _run_one(tiny_bert_path, one)  # beside the 2-process run: 3 processes on the CPU at once
+    _wait_two(procs)
     a, b = train_losses(one), train_losses(two)
     assert sorted(a) == sorted(b) == list(range(1, 16))
     rel = max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
@@ -97,33 +107,12 @@ def test_two_processes_match_one_process(tiny_bert_path, tmp_path):
 @pytest.mark.slow
 def test_one_process_run_resumes_in_two_processes(tiny_bert_path, tmp_path):
     """A 1-process run stopped after 6 steps resumes in 2 processes (``pytest -m slow``)."""
-    one = tmp_path / "one"
-    single = subprocess.run(
-        _cmd(tiny_bert_path, one),
-        cwd=ROOT,
-        env=_env(4),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-    a = train_losses(one)
-    part = tmp_path / "one_then_two"
-    first = subprocess.run(
-        _cmd(tiny_bert_path, part, "--config.stop_after=6"),
-        cwd=ROOT,
-        env=_env(4),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert first.returncode == 0, first.stderr[-3000:]
-    procs = _launch_two(tiny_bert_path, part)
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    one, part = tmp_path / "one", tmp_path / "one_then_two"
+    _run_one(tiny_bert_path, one)
+    _run_one(tiny_bert_path, part, "--config.stop_after=6")
+    outs = _wait_two(_launch_two(tiny_bert_path, part))
     assert "resuming" in outs[0][1] + outs[0][0]
-    c = train_losses(part)
+    a, c = train_losses(one), train_losses(part)
     rel = max(abs(a[s] - c[s]) / abs(a[s]) for s in a)
     print(f"\n1 process (6 steps) → resumed in 2 processes vs 1 process: max rel. diff {rel:.2e}")
     assert sorted(c) == sorted(a) and rel <= 1e-5
