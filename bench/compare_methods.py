@@ -51,6 +51,15 @@ ABLATIONS = {
     "mona_lam0": ("mona", {"stages.mona.meta_lambda": 0.0}),
     "pare_k0": ("pare", {"stages.pare.pare_max_fraction": 0.0}),
 }
+# Candidate recipe changes, compared like methods (paired Δ to fine-tuning) so the choice of a
+# default is made on the validation column: fine-tuning on random views (data.augment), a time
+# shift of up to 10 % of the length and noise of 5 % of each example's std.
+VARIANTS = {
+    "finetune_aug": (
+        "finetune",
+        {"stages.finetune.aug_shift": 0.1, "stages.finetune.aug_noise": 0.05},
+    ),
+}
 # (task, method) pairs the method refuses by design, with the reason printed in the table.
 REFUSED = {("advection", "pare"): "refused: PaRe on 1D dense outputs is unspecified"}
 REFUSED[("advection", "pare_k0")] = REFUSED[("advection", "pare")]
@@ -59,7 +68,7 @@ REFUSED[("advection", "pare_k0")] = REFUSED[("advection", "pare")]
 def config_of(task: str, method: str, pde_dir: str, seed: int | None = None):
     """The task's default config for ``method`` (a recipe name or an :data:`ABLATIONS` key)."""
     module, base = TASKS[task]
-    recipe, overrides = ABLATIONS.get(method, (method, {}))
+    recipe, overrides = {**ABLATIONS, **VARIANTS}.get(method, (method, {}))
     seed_arg = [] if seed is None else [f"seed={seed}"]
     arg = ",".join(filter(None, [base.format(pde_dir=pde_dir), f"method={recipe}", *seed_arg]))
     cfg = importlib.import_module(module).get_config(arg)

@@ -80,6 +80,8 @@ def offline_recipe(
     min_steps: int = 0,
     patience: int = 0,
     mona_steps: int | None = None,
+    aug_shift: float = 0.0,
+    aug_noise: float = 0.0,
 ) -> None:
     """The small-data recipes shared by the offline configs (demo, UCR, tables, PDEs).
 
@@ -89,7 +91,9 @@ def offline_recipe(
     the same total budget of optimizer steps: ``max(epochs × steps per epoch, min_steps)``, of
     which the pre-stages (``align_steps``, ``mona_steps``, default ``align_steps``) are taken
     (the fine-tune stage ``includes_previous``). The last stage stops early after ``patience``
-    evaluations without a better validation score (0 = never). Sets ``config.stage_order``.
+    evaluations without a better validation score (0 = never). ``aug_shift`` / ``aug_noise``
+    train the fine-tune stage on random views (``xmodal_jax.data.augment``; 0 = off). Sets
+    ``config.stage_order``.
     """
     from xmodal_jax import config_lib
 
@@ -141,6 +145,8 @@ def offline_recipe(
         includes_previous=True,
         patience=patience,
         lr=lr,
+        aug_shift=aug_shift,
+        aug_noise=aug_noise,
         **END_TO_END,
     )
     order.append("finetune")
@@ -163,6 +169,8 @@ def small_table_or_series(config, a, *, val_size: float):
         patience=a.patience,
         align_steps=a.align_steps,
         lr=1e-4,
+        aug_shift=a.get("aug_shift", 0.0),
+        aug_noise=a.get("aug_noise", 0.0),
     )
     config.eval_every = 20
     config.checkpoint.every_steps = 200

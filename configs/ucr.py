@@ -8,7 +8,9 @@ folder; default the shipped MiniLM),
 ``tsl`` (target sequence length of the 1D embedder), ``epochs`` and ``min_steps`` (the budget:
 the larger of the two, in optimizer steps, for every method), ``patience`` (early stopping, in
 evaluations every 20 steps), ``batch``, ``seed``, ``align_steps``, ``embedder`` (``auto`` |
-``orca`` | ``patch`` | ``feature``, see ``models/embedders.py``).
+``orca`` | ``patch`` | ``feature``, see ``models/embedders.py``), ``aug_shift`` and ``aug_noise``
+(the fine-tune stage's random views, ``xmodal_jax/data/augment.py``: a time shift of up to
+``aug_shift`` × L samples and Gaussian noise of ``aug_noise`` × the example's std; 0 = off).
 
 The default method is plain fine-tuning, chosen on the validation split: on GunPoint, ORCA's OTDD
 alignment (40 Adam steps at lr 1e-3 on the embedder) leaves an embedder the fine-tuning stage
@@ -38,6 +40,8 @@ def get_config(arg: str | None = None):
         seed=0,
         align_steps=40,
         embedder="auto",
+        aug_shift=0.0,
+        aug_noise=0.0,
     )
     c = config_lib.base_config()
     c.seed = a.seed

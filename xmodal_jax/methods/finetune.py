@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xmodal_jax import losses
+from xmodal_jax.data.augment import augment
 from xmodal_jax.methods.base import Context, Method, Stage
 from xmodal_jax.models.crossmodal import apply
 from xmodal_jax.models.heads import masked_mean
@@ -133,14 +134,22 @@ def kmeans_pseudo_labels(targets: np.ndarray, k: int = 10, seed: int = 0) -> np.
 # --- stages ---------------------------------------------------------------------------------------
 
 
-def task_loss_fn(ctx: Context):
-    """``(params, batch, rng) → (loss, metrics)`` for the task loss on ``batch["x"], ["y"]``."""
+def task_loss_fn(ctx: Context, *, shift: float = 0.0, noise: float = 0.0):
+    """``(params, batch, rng) → (loss, metrics)`` for the task loss on ``batch["x"], ["y"]``.
+
+    ``shift`` / ``noise`` > 0 train on one random view of the batch per step
+    (:func:`xmodal_jax.data.augment.augment`, no flip: a mirrored digit or series is another
+    input), drawn from the step's ``rng``; 0 / 0 leaves the inputs and the step untouched.
+    """
     task = ctx.task
     loss = losses.get(task.loss)
+    augmented = shift > 0 or noise > 0
 
     def fn(params, batch, rng):
-        del rng
-        out = ctx.decode(apply(ctx.graphdef, params, batch["x"]))
+        x = batch["x"]
+        if augmented:
+            x = augment(rng, x, shift=shift, noise=noise, flip=False)
+        out = ctx.decode(apply(ctx.graphdef, params, x))
         extras = {k: batch[k] for k in task.loss_extras}
         value = loss(out, batch["y"], batch.get("_valid"), **task.loss_kwargs, **extras)
         return value, {"task_loss": value}
@@ -149,8 +158,9 @@ def task_loss_fn(ctx: Context):
 
 
 def task_stage(name: str, cfg: Any, ctx: Context) -> Stage:
-    """Supervised training on the task (plain fine-tuning, or ORCA's final stage)."""
-    loss_fn = task_loss_fn(ctx)
+    """Supervised training on the task (plain fine-tuning, or ORCA's final stage), optionally on
+    augmented views (``aug_shift``, ``aug_noise``)."""
+    loss_fn = task_loss_fn(ctx, shift=float(cfg.aug_shift), noise=float(cfg.aug_noise))
     return Stage(
         name=name,
         trainable=tuple(cfg.trainable),
@@ -209,11 +219,19 @@ STAGE_DEFAULTS = dict(
     objective="task",  # align stages: task | otdd | mmd
     otdd_epsilon=0.1,
     pseudo_label_k=10,
+    # Task stages: train on a random view per step (data.augment: a shift of up to aug_shift × L
+    # samples / × H, W pixels, Gaussian noise of aug_noise × the example's std); 0 = off.
+    aug_shift=0.0,
+    aug_noise=0.0,
 )
 
 METHOD = Method(
     name="finetune",
     stage_kinds={"task": task_stage, "align": align_stage},
     defaults=STAGE_DEFAULTS,
-    ranges=(("otdd_epsilon", 0.0, None, False),),
+    ranges=(
+        ("otdd_epsilon", 0.0, None, False),
+        ("aug_shift", 0.0, 0.5, True),
+        ("aug_noise", 0.0, None, True),
+    ),
 )
