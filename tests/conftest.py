@@ -40,6 +40,22 @@ def tiny_hf(tmp_path_factory):
     return save
 
 
+def tiny_bert_config(**overrides):
+    """A ``transformers.BertConfig`` of the suite's tiny size (hidden 32, 1 layer, 4 heads, MLP
+    64, 128 positions, MiniLM's vocabulary); ``overrides`` change any field."""
+    import transformers
+
+    fields = dict(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    return transformers.BertConfig(**{**fields, **overrides})
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_path(tmp_path_factory, minilm):
     """A tiny random BERT (hidden 32, 1 layer) with MiniLM's tokenizer: fast trainer tests.
@@ -52,14 +68,7 @@ def tiny_bert_path(tmp_path_factory, minilm):
     import torch
     import transformers
 
-    cfg = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
+    cfg = tiny_bert_config()
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny_bert")
     transformers.BertModel(cfg).save_pretrained(path, safe_serialization=True)

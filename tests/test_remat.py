@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import xmodal_jax as xm
+from tests.conftest import tiny_bert_config
 from xmodal_jax import config_lib, train_lib
 from xmodal_jax.methods import mona
 from xmodal_jax.models import embedders, layers
@@ -95,14 +96,7 @@ def test_remat_lowers_compiled_temp_memory(tiny_hf):
 
     # Four layers (the shared tiny body has one, and one layer's activations are needed in full
     # either way); long sequences and a wide batch, so activations dominate the working set.
-    cfg = transformers.BertConfig(
-        vocab_size=128,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=160,
-    )
+    cfg = tiny_bert_config(vocab_size=128, num_hidden_layers=4, max_position_embeddings=160)
     torch.manual_seed(0)
     spec = xm.TaskSpec((1, 128), "classification", 3, target_seq_len=128)
     graphdef, params = _model(tiny_hf(transformers.BertModel(cfg)), spec)

@@ -16,6 +16,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
+from tests.conftest import tiny_bert_config
 from xmodal_jax.models import pretrained as pretrained_lib
 from xmodal_jax.models.pretrained import load_pretrained
 from xmodal_jax.models.weights import WeightLoadError
@@ -89,13 +90,8 @@ def test_roberta_parity_with_padding_and_position_offset(tiny_hf):
 
 
 def test_prefixed_task_checkpoint_loads_body(tiny_hf):
-    cfg = transformers.BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=3,
+    cfg = tiny_bert_config(
+        vocab_size=50, hidden_size=16, num_attention_heads=2, intermediate_size=32, num_labels=3
     )
     torch.manual_seed(0)
     clf = transformers.BertForSequenceClassification(cfg).eval()
