@@ -66,7 +66,8 @@ REFUSED[("advection", "pare_k0")] = REFUSED[("advection", "pare")]
 
 
 def config_of(task: str, method: str, pde_dir: str, seed: int | None = None):
-    """The task's default config for ``method`` (a recipe name or an :data:`ABLATIONS` key)."""
+    """The task's default config for ``method`` (a recipe name, or an :data:`ABLATIONS` or
+    :data:`VARIANTS` key)."""
     module, base = TASKS[task]
     recipe, overrides = {**ABLATIONS, **VARIANTS}.get(method, (method, {}))
     seed_arg = [] if seed is None else [f"seed={seed}"]
