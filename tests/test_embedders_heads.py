@@ -306,7 +306,10 @@ def test_orca_option_reproduces_the_reference_embedder_bit_for_bit(tmp_path, min
     losses of ``configs/tiny.py:steps=12,align=otdd`` (OTDD alignment, then fine-tuning, on the
     shipped MiniLM) and the logits / features of a freshly built (3, 100) → 4-class model
     (seed 3) on a fixed input. The same computation with today's code and ``kind=orca`` matched
-    it bit for bit on the machine that wrote it; a 1e-6 tolerance absorbs other CPUs' kernels.
+    it bit for bit on the machine that wrote it. Other CPUs' kernels differ at ~1e-7 per op, and
+    12 optimizer steps amplify that: the losses matched to 9.4e-6 relative on an AVX-512 Xeon
+    (2026-12-02), hence rtol 1e-4 on them; the default embedder (``kind=auto``) is 0.37 away
+    on the same run, so a changed computation still fails.
     """
     import json
 
@@ -328,4 +331,4 @@ def test_orca_option_reproduces_the_reference_embedder_bit_for_bit(tmp_path, min
     train_lib.train(cfg, str(tmp_path / "run"), verbose=False)
     recs = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     losses = [r["loss"] for r in recs if r.get("split") == "train"]
-    np.testing.assert_allclose(losses, golden["losses"], rtol=1e-6)
+    np.testing.assert_allclose(losses, golden["losses"], rtol=1e-4)
