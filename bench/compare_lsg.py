@@ -2,12 +2,14 @@
 
 ``python bench/compare_lsg.py --datasets digits,basicmotions --labels 15,30 --modes ce,tl,ssl
 --seeds 0,1,2 --workdir workdirs/compare_lsg`` — every run is ``configs/lsg.py`` with those args; a
-cell is the test error (%) at the best-validation step, mean ± std over seeds (lower is better).
+cell is the test error (%) at the best-validation step, mean ± std (ddof 1) over seeds (lower is
+better), beside the mean validation error that picked it; then the paired differences (same
+seeds) of LSG TL against its control and of SSL against TL, with paired t and Wilcoxon p-values.
 Finished runs are read back from their ``results.json`` (rerunning resumes the grid). ``ce`` sees
 only the labelled subset; ``tl`` adds the graph losses on the same subset; ``ssl`` also uses the
 unlabelled rest (pseudo-labels); ``ceaug`` (optional) is CE on LSG's two augmented views without
-the graph, the control for the augmentation. The GCN of stage 1 is trained once per dataset
-(cached under ``<workdir>/cache``) and its time is not in the per-run wall time after the first.
+the graph, the control for the augmentation. The GCN of stage 1 is trained once per dataset and
+seed (cached under ``<workdir>/cache``; a few seconds on these graphs).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main() -> None:
     import numpy as np
     from absl import logging
 
+    from bench.compare_methods import paired
     from configs import lsg as lsg_config
     from xmodal_jax import train_lib
 
@@ -44,7 +47,7 @@ def main() -> None:
     for ds in args.datasets.split(","):
         for labels in map(int, args.labels.split(",")):
             for mode in args.modes.split(","):
-                values, walls = [], []
+                values, vals, walls = [], [], []
                 for seed in map(int, args.seeds.split(",")):
                     wd = os.path.join(args.workdir, ds, f"{labels}", mode, str(seed))
                     done = os.path.join(wd, "results.json")
@@ -63,14 +66,33 @@ def main() -> None:
                             flush=True,
                         )
                     values.append(res["test_best"])
+                    vals.append(res["val_best"])
                     walls.append(res["wall_s"])
-                rows.append((ds, labels, mode, np.mean(values), np.std(values), values, walls))
+                rows.append((ds, labels, mode, values, vals, walls))
     print(f"\ngrid wall time: {time.time() - t_all:.0f} s (finished runs read back: 0 s)")
-    print("\n| dataset | labels | method | test error % (mean ± std) | per seed | wall / run |")
-    print("|---|---|---|---|---|---|")
-    for ds, labels, mode, m, s, vals, walls in rows:
-        per = ", ".join(f"{v:.1f}" for v in vals)
-        print(f"| {ds} | {labels}% | {mode} | {m:.2f} ± {s:.2f} | {per} | {np.mean(walls):.0f} s |")
+    print(
+        "\n| dataset | labels | method | val % (mean) | test error % (mean ± std) | per seed |"
+        " wall / run |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for ds, labels, mode, values, vals, walls in rows:
+        per = ", ".join(f"{v:.1f}" for v in values)
+        sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
+        print(
+            f"| {ds} | {labels}% | {mode} | {np.mean(vals):.1f} | {np.mean(values):.2f} ± {sd:.2f}"
+            f" | {per} | {np.mean(walls):.0f} s |"
+        )
+    by = {(ds, labels, mode): values for ds, labels, mode, values, _, _ in rows}
+    print("\n| dataset | labels | paired difference | mean ± std | p (t / Wilcoxon) |")
+    print("|---|---|---|---|---|")
+    for ds, labels, mode, values, _, _ in rows:
+        for base in {"tl": ("ceaug", "ce"), "ssl": ("tl",)}.get(mode, ()):
+            if (ds, labels, base) in by and len(by[ds, labels, base]) == len(values):
+                d = paired([a - b for a, b in zip(values, by[ds, labels, base], strict=True)])
+                print(
+                    f"| {ds} | {labels}% | {mode} − {base} | {d['mean']:+.2f} ± {d['std']:.2f} |"
+                    f" {d['t_p']:.3f} / {d['wilcoxon_p']:.3f} |"
+                )
 
 
 if __name__ == "__main__":
