@@ -5,6 +5,9 @@
 cell is the test error (%) at the best-validation step, mean ± std (ddof 1) over seeds (lower is
 better), beside the mean validation error that picked it; then the paired differences (same
 seeds) of LSG TL against its control and of SSL against TL, with paired t and Wilcoxon p-values.
+``--baselines`` (default on) adds the field's first-try baselines (:mod:`xmodal_jax.baselines`:
+logistic regression and gradient boosting, plus MiniRocket and 1-NN DTW for series) fitted on
+each seed's labelled rows, the same rows that seed's models train on.
 Finished runs are read back from their ``results.json`` (rerunning resumes the grid). ``ce`` sees
 only the labelled subset; ``tl`` adds the graph losses on the same subset; ``ssl`` also uses the
 unlabelled rest (pseudo-labels); ``ceaug`` (optional) is CE on LSG's two augmented views without
@@ -23,6 +26,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+LOGREG = "logistic regression (baseline)"
+
+
 def main() -> None:
     """Runs the grid (skipping finished runs) and prints a markdown table."""
     import numpy as np
@@ -30,7 +36,7 @@ def main() -> None:
 
     from bench.compare_methods import paired
     from configs import lsg as lsg_config
-    from xmodal_jax import train_lib
+    from xmodal_jax import baselines, train_lib
 
     logging.set_verbosity(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,15 +46,22 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--extra", default="", help="more configs/lsg.py args, e.g. steps=100")
     parser.add_argument("--workdir", default="workdirs/compare_lsg")
+    parser.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the field's first-try baselines on each seed's labelled rows",
+    )
     args = parser.parse_args()
     cache = os.path.abspath(os.path.join(args.workdir, "cache"))
     t_all = time.time()
     rows = []
+    seeds = [int(s) for s in args.seeds.split(",")]
     for ds in args.datasets.split(","):
         for labels in map(int, args.labels.split(",")):
             for mode in args.modes.split(","):
                 values, vals, walls = [], [], []
-                for seed in map(int, args.seeds.split(",")):
+                for seed in seeds:
                     wd = os.path.join(args.workdir, ds, f"{labels}", mode, str(seed))
                     done = os.path.join(wd, "results.json")
                     if os.path.exists(done):
@@ -69,7 +82,14 @@ def main() -> None:
                     vals.append(res["val_best"])
                     walls.append(res["wall_s"])
                 rows.append((ds, labels, mode, values, vals, walls))
-    print(f"\ngrid wall time: {time.time() - t_all:.0f} s (finished runs read back: 0 s)")
+            if args.baselines:
+                # The first-try baselines of the field, fitted on each seed's labelled rows.
+                cfg = lsg_config.get_config(
+                    ",".join(filter(None, [f"dataset={ds},labels={labels}", args.extra]))
+                )
+                for name, r in baselines.evaluate_labelled(cfg, seeds).items():
+                    rows.append((ds, labels, f"{name} (baseline)", r["values"], [], []))
+    print(f"\ngrid wall time: {time.time() - t_all:.0f} s (runs + baselines; done runs read back)")
     print(
         "\n| dataset | labels | method | val % (mean) | test error % (mean ± std) | per seed |"
         " wall / run |"
@@ -78,15 +98,17 @@ def main() -> None:
     for ds, labels, mode, values, vals, walls in rows:
         per = ", ".join(f"{v:.1f}" for v in values)
         sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
+        val = f"{np.mean(vals):.1f}" if vals else "–"
+        wall = f"{np.mean(walls):.0f} s" if walls else "–"
         print(
-            f"| {ds} | {labels}% | {mode} | {np.mean(vals):.1f} | {np.mean(values):.2f} ± {sd:.2f}"
-            f" | {per} | {np.mean(walls):.0f} s |"
+            f"| {ds} | {labels}% | {mode} | {val} | {np.mean(values):.2f} ± {sd:.2f} | {per} |"
+            f" {wall} |"
         )
     by = {(ds, labels, mode): values for ds, labels, mode, values, _, _ in rows}
     print("\n| dataset | labels | paired difference | mean ± std | p (t / Wilcoxon) |")
     print("|---|---|---|---|---|")
     for ds, labels, mode, values, _, _ in rows:
-        for base in {"tl": ("ceaug", "ce"), "ssl": ("tl",)}.get(mode, ()):
+        for base in {"tl": ("ceaug", "ce", LOGREG), "ssl": ("tl", LOGREG)}.get(mode, ()):
             if (ds, labels, base) in by and len(by[ds, labels, base]) == len(values):
                 d = paired([a - b for a, b in zip(values, by[ds, labels, base], strict=True)])
                 print(

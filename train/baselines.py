@@ -4,7 +4,9 @@ Prints the baselines a user tries first (:mod:`xmodal_jax.baselines`: MiniRocket
 series, logistic regression and gradient boosting for flat inputs, constant and linear
 predictors for regression and dense fields) on the config's task, fitted on the same train split
 the trainer would carve its validation from and scored on the same test split with the task's
-metric, so a user sees at once whether cross-modal transfer pays on the task.
+metric, so a user sees at once whether cross-modal transfer pays on the task. At a few-label
+config (``data.label_ratio`` < 1, e.g. ``configs/lsg.py:labels=15``) they are fitted on each
+seed's labelled subset, the rows that seed's model trains on.
 """
 
 from __future__ import annotations
@@ -25,13 +27,18 @@ def _main(argv: list[str]) -> None:
     from xmodal_jax import baselines
     from xmodal_jax.data import tasks
 
-    task = tasks.get(_CONFIG.value.task)
+    config = _CONFIG.value
+    task = tasks.get(config.task)
     seeds = [int(s) for s in _SEEDS.value.split(",") if s.strip()]
-    out = baselines.evaluate(task, seeds=seeds)
+    few = float(config.data.get("label_ratio", 1.0)) < 1.0
+    out = (
+        baselines.evaluate_labelled(config, seeds) if few else baselines.evaluate(task, seeds=seeds)
+    )
     if _JSON.value:
         print(json.dumps({"task": task.name, "metric": task.metric, "baselines": out}))
         return
-    print(f"{task.name}: test {task.metric} (lower is better), fitted on the whole train split")
+    rows = f"each seed's labelled subset ({config.data.label_ratio:.0%})" if few else "the whole train split"
+    print(f"{task.name}: test {task.metric} (lower is better), fitted on {rows}")
     for name, r in out.items():
         spread = f" ± {r['std']:.2f} over seeds {r['seeds']}" if len(r["values"]) > 1 else ""
         print(f"  {name:<26} {r['mean']:.4g}{spread}")

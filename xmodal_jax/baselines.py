@@ -148,3 +148,35 @@ def evaluate(
             "seeds": run_seeds,
         }
     return out
+
+
+def evaluate_labelled(
+    config: Any, seeds: Sequence[int] = (0, 1, 2, 3, 4), names: Sequence[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The baselines at a few-label config (``data.label_ratio`` < 1), on the model's own rows.
+
+    The labelled subset depends on the seed, so for each seed the config's splits are rebuilt as
+    the trainer builds them (validation carved, then the labelled subset) and every baseline is
+    fitted on exactly the labelled rows that run's model sees and scored on test; a seeded
+    baseline uses that seed. Returns the :func:`evaluate` format, one value per seed.
+    """
+    from xmodal_jax.train import setup
+
+    task = tasks.get(config.task)
+    per: dict[str, list[float]] = {}
+    for seed in seeds:
+        cfg = config.copy_and_resolve_references()
+        cfg.unlock()
+        cfg.seed = int(seed)
+        splits = setup.load_splits(cfg, task)
+        for name, r in evaluate(task, splits, seeds=[seed], names=names).items():
+            per.setdefault(name, []).append(r["values"][0])
+    return {
+        name: {
+            "values": v,
+            "mean": float(np.mean(v)),
+            "std": float(np.std(v)),
+            "seeds": list(seeds),
+        }
+        for name, v in per.items()
+    }
