@@ -1,7 +1,8 @@
 """LSG vs plain CE at few labels, TL and SSL, seeds × datasets, through the one trainer.
 
-``python bench/compare_lsg.py --datasets digits,basicmotions --labels 15,30 --modes ce,tl,ssl
---seeds 0,1,2 --workdir workdirs/compare_lsg`` — every run is ``configs/lsg.py`` with those args; a
+``python bench/compare_lsg.py`` (defaults: ``--datasets digits,basicmotions,iris --labels 15
+--modes ceaug,tl,ssl,ce --seeds 0,1,2,3,4 --workdir workdirs/compare_lsg``, README "LSG"): every
+run is ``configs/lsg.py`` with those args; a
 cell is the test error (%) at the best-validation step, mean ± std (ddof 1) over seeds (lower is
 better), beside the mean validation error that picked it; then the paired differences (same
 seeds) of LSG TL against its control and of SSL against TL, with paired t and Wilcoxon p-values.
@@ -37,10 +38,10 @@ def main() -> None:
 
     logging.set_verbosity(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="digits,basicmotions")
-    parser.add_argument("--labels", default="15,30")
-    parser.add_argument("--modes", default="ce,tl,ssl")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--datasets", default="digits,basicmotions,iris")
+    parser.add_argument("--labels", default="15")
+    parser.add_argument("--modes", default="ceaug,tl,ssl,ce")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--extra", default="", help="more configs/lsg.py args, e.g. steps=100")
     parser.add_argument("--workdir", default="workdirs/compare_lsg")
     parser.add_argument(

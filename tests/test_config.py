@@ -37,6 +37,7 @@ def test_shipped_configs_validate():
         ("pdebench", "pde=advection,data_dir=/nonexistent,method=mona"),
         ("nb360", "task=ecg,data_dir=/nonexistent,method=orca"),
         *[("lsg", f"dataset=digits,labels=15,mode={m}") for m in ("ce", "ceaug", "tl", "ssl")],
+        *[("lsg", f"dataset={d},labels=15,mode=ssl") for d in ("basicmotions", "iris")],
     ],
 )
 def test_every_shipped_recipe_validates(module, args):

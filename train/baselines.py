@@ -37,7 +37,8 @@ def _main(argv: list[str]) -> None:
     if _JSON.value:
         print(json.dumps({"task": task.name, "metric": task.metric, "baselines": out}))
         return
-    rows = f"each seed's labelled subset ({config.data.label_ratio:.0%})" if few else "the whole train split"
+    ratio = config.data.label_ratio
+    rows = f"each seed's labelled subset ({ratio:.0%})" if few else "the whole train split"
     print(f"{task.name}: test {task.metric} (lower is better), fitted on {rows}")
     for name, r in out.items():
         spread = f" ± {r['std']:.2f} over seeds {r['seeds']}" if len(r["values"]) > 1 else ""
