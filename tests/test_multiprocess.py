@@ -20,7 +20,13 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict:
+    # Not the suite's fake-device flag (each process gets `devices` through JAX_NUM_CPU_DEVICES);
+    # the rest of XLA_FLAGS (the suite's optimisation level, tests/conftest.py) carries over.
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    keep = " ".join(f for f in flags if not f.startswith("--xla_force_host_platform_device_count"))
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if keep:
+        env["XLA_FLAGS"] = keep
     env.update(JAX_NUM_CPU_DEVICES=str(devices), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
     return env
 
