@@ -51,6 +51,10 @@ def main() -> None:
         help="also the field's first-try baselines on each seed's labelled rows",
     )
     args = parser.parse_args()
+
+    def config_for(arg: str):
+        return lsg_config.get_config(",".join(filter(None, [arg, args.extra])))
+
     cache = os.path.abspath(os.path.join(args.workdir, "cache"))
     t_all = time.time()
     rows, first = [], {}
@@ -66,7 +70,7 @@ def main() -> None:
                         res = json.load(open(done))
                     else:
                         arg = f"dataset={ds},labels={labels},mode={mode},seed={seed}"
-                        cfg = lsg_config.get_config(",".join(filter(None, [arg, args.extra])))
+                        cfg = config_for(arg)
                         cfg.unlock()
                         if mode != "ce":
                             cfg.stages.train.lsg_cache_dir = cache
@@ -82,10 +86,9 @@ def main() -> None:
                 rows.append((ds, labels, mode, values, vals, walls))
             if args.baselines:
                 # The first-try baselines of the field, fitted on each seed's labelled rows.
-                cfg = lsg_config.get_config(
-                    ",".join(filter(None, [f"dataset={ds},labels={labels}", args.extra]))
+                results = baselines.evaluate_labelled(
+                    config_for(f"dataset={ds},labels={labels}"), seeds
                 )
-                results = baselines.evaluate_labelled(cfg, seeds)
                 # The field's first baseline (MiniRocket for series, logistic regression for
                 # flat inputs) is the one the paired differences name.
                 first[ds, labels] = f"{next(iter(results))} (baseline)" if results else ""

@@ -30,14 +30,15 @@ def _main(argv: list[str]) -> None:
     config = _CONFIG.value
     task = tasks.get(config.task)
     seeds = [int(s) for s in _SEEDS.value.split(",") if s.strip()]
-    few = float(config.data.get("label_ratio", 1.0)) < 1.0
-    out = (
-        baselines.evaluate_labelled(config, seeds) if few else baselines.evaluate(task, seeds=seeds)
-    )
+    ratio = float(config.data.get("label_ratio", 1.0))
+    few = ratio < 1.0
+    if few:
+        out = baselines.evaluate_labelled(config, seeds, task=task)
+    else:
+        out = baselines.evaluate(task, seeds=seeds)
     if _JSON.value:
         print(json.dumps({"task": task.name, "metric": task.metric, "baselines": out}))
         return
-    ratio = config.data.label_ratio
     rows = f"each seed's labelled subset ({ratio:.0%})" if few else "the whole train split"
     print(f"{task.name}: test {task.metric} (lower is better), fitted on {rows}")
     for name, r in out.items():

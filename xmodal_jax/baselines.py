@@ -141,28 +141,37 @@ def evaluate(
             continue
         run_seeds = list(seeds) if seeded else [0]
         values = [float(metric(fit(xtr, ytr, xte, s, classes), yte)) for s in run_seeds]
-        out[name] = {
-            "values": values,
-            "mean": float(np.mean(values)),
-            "std": float(np.std(values)),
-            "seeds": run_seeds,
-        }
+        out[name] = _summary(values, run_seeds)
     return out
 
 
+def _summary(values: list[float], seeds: Sequence[int]) -> dict[str, Any]:
+    """One baseline's entry in :func:`evaluate`'s result."""
+    return {
+        "values": values,
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values)),
+        "seeds": list(seeds),
+    }
+
+
 def evaluate_labelled(
-    config: Any, seeds: Sequence[int] = (0, 1, 2, 3, 4), names: Sequence[str] | None = None
+    config: Any,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    names: Sequence[str] | None = None,
+    task: tasks.Task | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The baselines at a few-label config (``data.label_ratio`` < 1), on the model's own rows.
 
     The labelled subset depends on the seed, so for each seed the config's splits are rebuilt as
     the trainer builds them (validation carved, then the labelled subset) and every baseline is
     fitted on exactly the labelled rows that run's model sees and scored on test; a seeded
-    baseline uses that seed. Returns the :func:`evaluate` format, one value per seed.
+    baseline uses that seed. Returns the :func:`evaluate` format, one value per seed. ``task``
+    (default ``tasks.get(config.task)``) saves reading the data again when the caller has it.
     """
     from xmodal_jax.train import setup
 
-    task = tasks.get(config.task)
+    task = task or tasks.get(config.task)
     per: dict[str, list[float]] = {}
     for seed in seeds:
         cfg = config.copy_and_resolve_references()
@@ -171,12 +180,4 @@ def evaluate_labelled(
         splits = setup.load_splits(cfg, task)
         for name, r in evaluate(task, splits, seeds=[seed], names=names).items():
             per.setdefault(name, []).append(r["values"][0])
-    return {
-        name: {
-            "values": v,
-            "mean": float(np.mean(v)),
-            "std": float(np.std(v)),
-            "seeds": list(seeds),
-        }
-        for name, v in per.items()
-    }
+    return {name: _summary(v, seeds) for name, v in per.items()}
